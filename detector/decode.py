@@ -1,0 +1,110 @@
+"""Decode untrusted image bytes into an RGB picture, or fail with ImageDecodeError.
+
+Bytes come from buckets and are hostile until proven otherwise: the pixel count is
+checked from the header before any pixel is decoded (decompression bombs), EXIF
+orientation is applied (phones store portraits sideways), every PIL mode becomes 8-bit
+RGB (transparency composited on white), animations give their first frame.
+
+    python -c "from detector.decode import decode_image; print(decode_image(open('x.jpg','rb').read()))"
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from detector.errors import ImageDecodeError
+
+# 100 megapixels: a 48 MP phone photo passes; a 50,000 x 50,000 "bomb" does not.
+DEFAULT_MAX_PIXELS = 100_000_000
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # mode "RGB", EXIF orientation applied
+    format: str  # PIL's format name: JPEG, PNG, WEBP, GIF, TIFF, BMP, ...
+    width: int  # after EXIF orientation
+    height: int
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode ``data`` to RGB. Raises ImageDecodeError saying what was wrong."""
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (DecompressionBombWarning) and errors at its own global limit;
+            # our own bound below is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "UNKNOWN"
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageDecodeError(f"{fmt} header has an empty size {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{fmt} image is {width}x{height} = {width * height:,} pixels, over the "
+                    f"limit of {max_pixels:,} (possible decompression bomb; raise "
+                    f"--max-pixels to accept it)"
+                )
+            img.seek(0)  # first frame of animated GIF/WebP/APNG/multi-page TIFF
+            img.load()
+            img = _apply_orientation(img)
+            rgb = _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        # PIL's own guard (2x Image.MAX_IMAGE_PIXELS) fired before ours could.
+        raise ImageDecodeError(f"image is over the limit of pixels PIL accepts, a possible decompression bomb: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
+            TypeError, ZeroDivisionError, MemoryError, RuntimeError, struct.error) as e:
+        # PIL's plugins raise a zoo of types for corrupt data ("image file is truncated",
+        # "broken data stream", "cannot identify", struct.error, ...).
+        raise ImageDecodeError(f"corrupt or unsupported image data: {type(e).__name__}: {e}") from None
+    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height)
+
+
+def _apply_orientation(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # a malformed EXIF block must not lose the picture itself
+        return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(img))).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in img.info
+    ) or (mode in ("L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """16/32-bit integer or float grey levels to 0..255."""
+    a = a.astype(np.float64)
+    if a.size == 0:
+        return a.astype(np.uint8)
+    hi = float(a.max())
+    if hi <= 1.0:
+        scale = 255.0  # float images in [0, 1]
+    elif hi <= 255.0:
+        scale = 1.0
+    else:
+        scale = 255.0 / 65535.0  # 16-bit range (PNG/TIFF 16-bit grey decode to I;16 or I)
+    return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
