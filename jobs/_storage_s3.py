@@ -225,8 +225,7 @@ def pyarrow_s3(bucket: str):  # -> pyarrow.fs.S3FileSystem
         options["region"] = region() or "us-east-1"
     else:
         options["region"] = region() or pafs.resolve_s3_region(bucket)
-    key_id, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key_id and secret:
-        options |= {"access_key": key_id, "secret_key": secret,
-                    "session_token": os.environ.get("AWS_SESSION_TOKEN")}
+    # Credentials are deliberately not passed: pyarrow's default AWS credential chain reads
+    # the same AWS_* variables (or an instance profile / IRSA role), and a filesystem built
+    # with explicit keys carries the secret inside its pickle, which Ray ships to workers.
     return pafs.S3FileSystem(**options)
