@@ -1,0 +1,215 @@
+"""Train the real/fake detector with Ray Train (data-parallel, fault tolerant).
+
+    # the original recipe (ResNet18, Adam 0.003, global batch 32, 10 epochs, 224 px), embedded Ray
+    python -m jobs.train --data ../shared/data/cifake-4k --output /tmp/detector
+    # small images, two CPU workers, three epochs
+    python -m jobs.train --data ../shared/data/cifake-4k/manifest.csv --output /tmp/detector \\
+        --image-size 32 --num-workers 2 --epochs 3
+    # a cluster: S3 in and out, GPU workers
+    ray job submit --working-dir . -- python -m jobs.train --data s3://labelled/ \\
+        --output s3://models/detector-v3 --num-workers 8 --use-gpu --max-failures 3
+
+``--data`` is a folder or ``s3://`` prefix with ``real/`` and ``fake/`` (any depth), or
+``train/{real,fake}`` + ``validation/{real,fake}``, or a CSV/Parquet manifest
+``uri,label[,split]`` (see jobs/dataset.py). ``--output`` (folder or ``s3://``) receives:
+
+- ``model.safetensors``: the epoch with the best validation accuracy (of equal ones, the
+  later, as Ray Train keeps them), with the threshold calibrated on validation for
+  ``--threshold-fpr``; ``detector.checkpoint.load_checkpoint(OUT)``
+  and ``python -m jobs.scan --model OUT`` read it;
+- ``metrics.json``: ``history`` (one entry per epoch), best epoch, threshold, data
+  summary with the skipped files and why, the configuration; written last;
+- ``training_curves.png``;
+- ``ray-train/``: Ray Train's run folder with the best and the latest checkpoints. A
+  re-run with the same ``--output`` (after a crash, or with more ``--epochs``) resumes
+  from the latest one; with other data or settings it is refused.
+
+Workers read their own shard (jobs/train_loop.py). S3 settings and credentials come from
+each Ray process's own environment (jobs.storage ships no secrets): an embedded Ray
+inherits the driver's AWS_* variables; on a cluster, nodes have a role, or the job passes
+them, e.g. ``ray job submit --runtime-env-json '{"env_vars": {"AWS_ENDPOINT_URL": ...}}'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from detector.decode import DEFAULT_MAX_PIXELS
+from detector.model import WEIGHT_CHOICES, build_model
+from detector.presets import PRESETS
+from jobs import storage
+from jobs.dataset import DataError, LabelledData, list_labelled
+from jobs.runtime import ensure_ray
+from jobs.train_loop import train_loop
+from jobs.train_output import RUN_DIR, RunConflictError, claim_run_dir, publish
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    output: str
+    preset: str = "baseline"
+    epochs: int = 10
+    batch_size: int = 32  # global: split evenly over the workers
+    lr: float = 0.003
+    weights: str = "none"
+    image_size: int = 224
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    val_fraction: float = 0.2
+    seed: int = 0
+    max_failures: int = 0
+    threshold_fpr: float = 0.05
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.num_workers >= 1, "--num-workers must be at least 1"),
+            (self.cpus_per_worker >= 1, "--cpus-per-worker must be at least 1"),
+            (self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
+             f"--batch-size is the global batch, split over the workers: make it a multiple of "
+             f"--num-workers ({self.num_workers}), e.g. "
+             f"{max(1, self.batch_size // self.num_workers) * self.num_workers}"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.image_size >= 16, "--image-size must be at least 16 (ResNet18 downsamples 32x)"),
+            (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1, e.g. 0.2"),
+            (self.max_failures >= -1, "--max-failures must be -1 (retry forever), 0 or more"),
+            (0 <= self.threshold_fpr <= 1, "--threshold-fpr is a rate between 0 and 1, e.g. 0.05"),
+            (self.max_pixels > 0, "--max-pixels must be positive"),
+            (self.weights in WEIGHT_CHOICES or (not storage.is_s3(self.weights) and os.path.isfile(self.weights)),
+             f"--weights must be {' or '.join(WEIGHT_CHOICES)}, or a local weights file; {self.weights!r} is neither"),
+            (_normal(self.data) != _normal(self.output), "--output must differ from --data"),
+            (not _normal(self.output).startswith(_normal(self.data).rstrip("/") + "/"),
+             "--output must not be inside --data (its files would be listed as training images)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    d = TrainConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                allow_abbrev=False)  # --epoch must fail, not mean --epochs
+    p.add_argument("--data", required=True, help="labelled images: folder, s3:// prefix, or CSV/Parquet manifest")
+    p.add_argument("--output", required=True, help="folder or s3:// prefix for the checkpoint, metrics and curves")
+    p.add_argument("--preset", default=d["preset"].default, choices=sorted(PRESETS), help="preprocessing preset")
+    p.add_argument("--epochs", type=int, default=d["epochs"].default, help="epochs to train (in total, when resuming)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="global batch size")
+    p.add_argument("--lr", type=float, default=d["lr"].default, help="Adam learning rate")
+    p.add_argument("--weights", default=d["weights"].default,
+                   help="initial weights: none (random), imagenet (torchvision's, needs the internet once) or a local file")
+    p.add_argument("--image-size", type=int, default=d["image_size"].default, help="model input size in pixels")
+    p.add_argument("--num-workers", type=int, default=d["num_workers"].default, help="Ray Train workers (data-parallel)")
+    p.add_argument("--cpus-per-worker", type=int, default=d["cpus_per_worker"].default,
+                   help="CPUs reserved per worker; also its torch threads")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default: CPU (gloo)")
+    p.add_argument("--val-fraction", type=float, default=d["val_fraction"].default,
+                   help="validation share per class when the data gives no split")
+    p.add_argument("--seed", type=int, default=d["seed"].default, help="seed for the split, init and shuffling")
+    p.add_argument("--max-failures", type=int, default=d["max_failures"].default,
+                   help="worker-group restarts from the latest checkpoint before the run fails (-1: no limit)")
+    p.add_argument("--threshold-fpr", type=float, default=d["threshold_fpr"].default,
+                   help="target false-positive rate on real validation images for the operating threshold")
+    p.add_argument("--max-pixels", type=int, default=d["max_pixels"].default,
+                   help="larger images are skipped as possible decompression bombs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
+    except ValueError as e:
+        parser.error(str(e))
+    ensure_ray()
+    try:
+        return run(config)
+    except (DataError, RunConflictError) as e:
+        sys.exit(f"error: {e}")
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+    """Train, then publish the best checkpoint, metrics.json and the curves at config.output."""
+    start = time.monotonic()
+    data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    print(f"data: {data.layout} at {data.source}, counts {data.counts()}", flush=True)
+    claim_run_dir(config, data)
+    fs, path = storage.pyarrow_filesystem(config.output)
+    _say_what_it_waits_for(config)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config(config, data),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": config.cpus_per_worker}),
+        run_config=RunConfig(
+            name=RUN_DIR, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            # Keeps the best by validation accuracy (the original rule) and, always, the latest.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_accuracy",
+                                               checkpoint_score_order="max"),
+            worker_runtime_env={"env_vars": _worker_env()},
+            logging_config=LoggingConfig(log_level="WARNING"),  # the loop prints one line per epoch
+        ),
+    )
+    result = trainer.fit()
+    best = result.get_best_checkpoint(metric="val_accuracy", mode="max")
+    if best is None or result.checkpoint is None:
+        raise RuntimeError(f"the run at {storage.join(config.output, RUN_DIR)} reported no checkpoint")
+    return publish(config, data, best, result.checkpoint, time.monotonic() - start)
+
+
+def loop_config(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
+    """Everything the workers need, as plain data (and one object ref for initial weights)."""
+    init = None if config.weights == "none" else ray.put(build_model(config.weights).state_dict())
+    return {
+        "config": dataclasses.asdict(config),
+        "train": [(s.uri, s.label) for s in data.train],
+        "validation": [(s.uri, s.label) for s in data.validation],
+        "init_weights": init,
+        "data_summary": data.summary(),
+        "recipe": {"optimizer": "Adam", "lr": config.lr, "loss": "CrossEntropyLoss",
+                   "batch_size": config.batch_size, "epochs": config.epochs, "seed": config.seed,
+                   "weights": config.weights, "threshold_fpr": config.threshold_fpr},
+    }
+
+
+def _say_what_it_waits_for(config: TrainConfig) -> None:
+    need = {"CPU": config.num_workers * config.cpus_per_worker, "GPU": config.num_workers * config.use_gpu}
+    have = ray.cluster_resources()
+    print(f"training {config.epochs} epochs on {config.num_workers} workers "
+          f"({config.cpus_per_worker} CPU{' + 1 GPU' if config.use_gpu else ''} each)", flush=True)
+    short = {k: f"{have.get(k, 0):g} of {v}" for k, v in need.items() if have.get(k, 0) < v}
+    if short:  # Ray Train then waits, quietly, for an autoscaler to add nodes
+        print(f"the cluster has {', '.join(f'{k} {n}' for k, n in short.items())} needed now; "
+              f"waiting for nodes to join (to run on what is there: fewer --num-workers or "
+              f"--cpus-per-worker{', or no --use-gpu' if 'GPU' in short else ''})", flush=True)
+
+
+def _worker_env() -> dict[str, str]:
+    # Ray Train 2.60 sends a worker's print() both to stdout and to a logger that also
+    # writes to stdout, so every line showed twice.
+    return {"RAY_TRAIN_ENABLE_PRINT_PATCH": os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")}
+
+
+def _normal(uri: str) -> str:
+    return uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
+
+
+if __name__ == "__main__":
+    main()
