@@ -1,0 +1,268 @@
+"""Evaluate a detector on labelled images: how well it separates real from generated,
+and how well that survives the transformations images meet on the way to a bucket.
+
+    python -m jobs.evaluate --data ../shared/data/cifake-4k --model OUT --json eval.json
+    python -m jobs.evaluate --data ../shared/data/sd-coco-dev --model OUT --split validation \
+        --robustness jpeg90,jpeg75,jpeg50,downscale0.5,crop --plots eval-plots/
+
+``--data`` takes the same layouts as ``jobs.train`` (``real/``+``fake/`` folders, the
+original's ``train``/``validation`` folders, or a manifest). ``--split validation`` with the
+training run's ``--seed``/``--val-fraction`` evaluates exactly its held-out part.
+
+Reported (fake is the positive class): accuracy and the confusion matrix at the
+checkpoint's threshold, balanced accuracy, ROC AUC, average precision, TPR at 1% and 5%
+FPR, a per-subfolder breakdown; with ``--robustness`` the same on transformed copies
+made on the fly (JPEG re-compression, 0.5x downscale, centre crop), with the AUC change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import posixpath
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detector.checkpoint import CHECKPOINT_FILE
+from detector.decode import DEFAULT_MAX_PIXELS, decode_image
+from detector.errors import ImageDecodeError
+from detector.inference import Detector
+from detector.model import FAKE
+from detector.presets import reencode_jpeg
+from jobs import storage
+from jobs.dataset import DataError, Sample, list_labelled
+from jobs.evaluate_metrics import binary_metrics
+
+ROBUSTNESS = ("jpeg90", "jpeg75", "jpeg50", "downscale0.5", "crop")
+SPLITS = ("all", "train", "validation")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    data: str
+    model: str
+    json: str | None = None
+    plots: str | None = None
+    split: str = "all"
+    val_fraction: float = 0.2
+    seed: int = 0
+    robustness: tuple[str, ...] = ()
+    batch_size: int = 32
+    threads: int = 4
+    max_images: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="labelled images: folder, s3:// prefix or manifest (as jobs.train)")
+    p.add_argument("--model", required=True, help="a jobs.train output (folder or s3://) or a model.safetensors file")
+    p.add_argument("--json", default=None, help="write all metrics to this JSON file (local or s3://)")
+    p.add_argument("--plots", default=None, help="folder (local or s3://) for roc.png and scores.png")
+    p.add_argument("--split", default="all", choices=SPLITS, help="which part of --data to use (default all)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="as in jobs.train, to rebuild its split")
+    p.add_argument("--seed", type=int, default=0, help="as in jobs.train, to rebuild its split")
+    p.add_argument("--robustness", default="", help=f"comma-separated transformations to re-run on: {','.join(ROBUSTNESS)}, or 'all'")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--threads", type=int, default=4, help="threads fetching and decoding images")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate a deterministic subset of at most N images per class")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    names = tuple(ROBUSTNESS) if args.robustness == "all" else tuple(x for x in args.robustness.split(",") if x)
+    unknown = [n for n in names if n not in ROBUSTNESS]
+    if unknown:
+        parser.error(f"--robustness: unknown {unknown}; choose from {','.join(ROBUSTNESS)} or 'all'")
+    if args.batch_size < 1 or args.threads < 1:
+        parser.error("--batch-size and --threads must be at least 1")
+    config = EvaluateConfig(**{**vars(args), "robustness": names})
+    try:
+        result = run(config)
+    except (DataError, FileNotFoundError) as e:
+        parser.exit(2, f"error: {e}\n")
+    print_summary(result)
+    return result
+
+
+def run(config: EvaluateConfig) -> dict[str, Any]:
+    started = time.monotonic()
+    samples = _select(config)
+    detector = _load(config.model)
+    result: dict[str, Any] = {
+        "data": config.data,
+        "model": config.model,
+        "model_version": detector.model_version,
+        "preset": detector.preset.to_dict(),
+        "config": {k: v for k, v in asdict(config).items() if k not in ("json", "plots")},
+    }
+    images = _fetch_all(samples, config)
+    clean = _evaluate(detector, images, None, config)
+    result.update(clean["metrics"])
+    result["by_subfolder"] = clean["by_subfolder"]
+    result["robustness"] = {}
+    for name in config.robustness:
+        r = _evaluate(detector, images, _TRANSFORMS[name], config)["metrics"]
+        r["auc_change"] = _diff(r.get("auc"), result.get("auc"))
+        r["accuracy_change"] = _diff(r.get("accuracy"), result.get("accuracy"))
+        result["robustness"][name] = r
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if config.json:
+        storage.write_bytes(config.json, json.dumps(result, indent=2).encode())
+    if config.plots:
+        from jobs.plots import roc_curve_png, score_histogram_png
+
+        scores, labels = clean["scores"], clean["labels"]
+        storage.write_bytes(storage.join(config.plots, "roc.png"), roc_curve_png(scores, labels))
+        storage.write_bytes(storage.join(config.plots, "scores.png"),
+                            score_histogram_png(scores, labels, threshold=detector.threshold))
+    return result
+
+
+def _select(config: EvaluateConfig) -> list[Sample]:
+    data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    samples = {"all": data.train + data.validation, "train": data.train, "validation": data.validation}[config.split]
+    if config.max_images:
+        by_class: dict[int, list[Sample]] = defaultdict(list)
+        for s in sorted(samples, key=lambda s: s.uri):
+            by_class[s.label].append(s)
+        samples = tuple(s for members in by_class.values() for s in members[: config.max_images])
+    if not samples:
+        raise DataError(f"no images in split {config.split!r} of {config.data}")
+    return list(samples)
+
+
+def _load(model: str) -> Detector:
+    """A local checkpoint file or folder as it is; from ``s3://``, only the checkpoint file
+    (``OUT/model.safetensors``), not the whole training output with its Ray Train run."""
+    if not storage.is_s3(model):
+        return Detector.from_path(model)
+    uri = model if model.endswith(".safetensors") else storage.join(model, CHECKPOINT_FILE)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {uri}: --model must be a training output holding "
+                                f"{CHECKPOINT_FILE}, or that file") from None
+    with tempfile.TemporaryDirectory(prefix="genscan-model-") as tmp:
+        path = os.path.join(tmp, CHECKPOINT_FILE)
+        with open(path, "wb") as f:
+            f.write(data)
+        return Detector.from_path(path)
+
+
+@dataclass
+class _Image:
+    sample: Sample
+    image: Image.Image | None
+    error: str | None
+
+
+def _fetch_all(samples: list[Sample], config: EvaluateConfig) -> list[_Image]:
+    def fetch(s: Sample) -> _Image:
+        try:
+            return _Image(s, decode_image(storage.read_bytes(s.uri), max_pixels=config.max_pixels).image, None)
+        except (ImageDecodeError, OSError, ValueError) as e:
+            return _Image(s, None, str(e))
+
+    with ThreadPoolExecutor(config.threads) as pool:
+        return list(pool.map(fetch, samples))
+
+
+def _evaluate(detector: Detector, images: list[_Image], transform: Callable | None, config: EvaluateConfig) -> dict[str, Any]:
+    ok = [im for im in images if im.image is not None]
+    scores = np.empty(len(ok), dtype=np.float64)
+
+    def prepare(im: _Image) -> torch.Tensor:
+        img = transform(im.image) if transform else im.image
+        return detector.preset.prepare(img)
+
+    with ThreadPoolExecutor(config.threads) as pool:
+        for i in range(0, len(ok), config.batch_size):
+            chunk = ok[i : i + config.batch_size]
+            pixels = torch.stack(list(pool.map(prepare, chunk)))
+            scores[i : i + len(chunk)] = detector.score(pixels).prob_fake.numpy()
+    labels = np.array([im.sample.label == FAKE for im in ok], dtype=bool)
+    metrics = binary_metrics(scores, labels, detector.threshold)
+    metrics["skipped"] = {im.sample.uri: im.error for im in images if im.image is None}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, im in enumerate(ok):
+        groups[_subfolder(im.sample.uri, config.data)].append(i)
+    by_subfolder = {g: binary_metrics(scores[idx], labels[idx], detector.threshold, curves=False)
+                    for g, idx in sorted(groups.items())}
+    return {"metrics": metrics, "by_subfolder": by_subfolder, "scores": scores, "labels": labels}
+
+
+def _subfolder(uri: str, root: str) -> str:
+    root = storage.local_path_if_local(root) or root
+    base = posixpath.dirname(root) if root.lower().endswith((".csv", ".parquet", ".pq")) else root
+    rel = uri[len(base):] if uri.startswith(base) else uri
+    return posixpath.dirname(rel.strip("/")) or "."
+
+
+def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
+    return lambda im: reencode_jpeg(im, quality)
+
+
+def _downscale(factor: float) -> Callable[[Image.Image], Image.Image]:
+    def f(im: Image.Image) -> Image.Image:
+        size = (max(1, round(im.width * factor)), max(1, round(im.height * factor)))
+        return im.resize(size, Image.Resampling.BICUBIC)
+    return f
+
+
+def _center_crop(fraction: float) -> Callable[[Image.Image], Image.Image]:
+    def f(im: Image.Image) -> Image.Image:
+        w, h = max(1, round(im.width * fraction)), max(1, round(im.height * fraction))
+        left, top = (im.width - w) // 2, (im.height - h) // 2
+        return im.crop((left, top, left + w, top + h))
+    return f
+
+
+_TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "jpeg90": _jpeg(90),
+    "jpeg75": _jpeg(75),
+    "jpeg50": _jpeg(50),
+    "downscale0.5": _downscale(0.5),
+    "crop": _center_crop(0.75),  # keep the central 75% of each side
+}
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 4)
+
+
+def print_summary(r: dict[str, Any], out=sys.stdout) -> None:
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    print(f"model {r['model_version']} on {r['data']} ({r['n']} images: {r['n_fake']} fake, {r['n_real']} real; "
+          f"{len(r['skipped'])} undecodable)", file=out)
+    head = f"{'set':<22}{'acc':>7}{'bal.acc':>9}{'AUC':>7}{'AP':>7}{'TPR@1%':>8}{'TPR@5%':>8}{'dAUC':>7}"
+    print(head, file=out)
+    rows = [("clean", r)] + list(r.get("robustness", {}).items())
+    for name, m in rows:
+        print(f"{name:<22}{fmt(m['accuracy']):>7}{fmt(m['balanced_accuracy']):>9}{fmt(m['auc']):>7}"
+              f"{fmt(m['average_precision']):>7}{fmt(m['tpr_at_1pct_fpr']):>8}{fmt(m['tpr_at_5pct_fpr']):>8}"
+              f"{fmt(m.get('auc_change')):>7}", file=out)
+    cm = r["confusion_matrix"]
+    print(f"confusion at threshold {r['threshold']:.3f} (rows true fake/real, cols predicted fake/real): {cm}", file=out)
+    for g, m in r.get("by_subfolder", {}).items():
+        print(f"  {g:<30} n={m['n']:<5} acc={fmt(m['accuracy'])} auc={fmt(m['auc'])}", file=out)
+
+
+if __name__ == "__main__":
+    main()
