@@ -1,6 +1,6 @@
 """Plots as PNG bytes, drawn with matplotlib's Agg backend (no display; safe in Ray
 workers and CI): training curves (jobs.train), ROC curves and score histograms
-(jobs.evaluate).
+(jobs.evaluate), the score histogram of one scan (jobs.report, the review page).
 
 Bytes rather than files so that a job writes them wherever its output lives
 (``jobs.storage.write_bytes`` to a folder or ``s3://``).
@@ -91,6 +91,48 @@ def score_histogram_png(scores: Sequence[float], is_fake: Sequence[bool], *,
     finally:
         plt.close(fig)
 
+
+def scan_histogram_png(scores: Sequence[float], *, threshold: float | None = None, title: str = "") -> bytes:
+    """Histogram of the P(fake) scores of one scan (no labels known), the part at or above
+    ``threshold`` in its own colour; log count axis so that a few flagged images among
+    many stay visible. Missing scores (error rows, NaN) are left out."""
+    return scan_histograms_png([(title or "scores", scores, threshold)])
+
+
+def scan_histograms_png(panels: Sequence[tuple[str, Sequence[float], float | None]]) -> bytes:
+    """One ``scan_histogram_png`` panel per ``(title, scores, threshold)``, two columns."""
+    if not panels:
+        raise ValueError("no scans to plot")
+    cols = 1 if len(panels) == 1 else 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.2 * rows), constrained_layout=True, squeeze=False)
+    try:
+        for ax, (title, scores, threshold) in zip(axes.flat, panels):
+            _scan_histogram(ax, np.asarray(scores, dtype=np.float64), threshold, title)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_axis_off()
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
+def _scan_histogram(ax: Any, scores: np.ndarray, threshold: float | None, title: str) -> None:
+    scores = scores[np.isfinite(scores)]
+    bins = np.linspace(0, 1, 51)
+    if threshold is None:
+        ax.hist(scores, bins=bins, color="tab:blue", label=f"scored ({scores.size})")
+    else:
+        above = scores >= threshold
+        ax.hist(scores[~above], bins=bins, color="tab:blue", label=f"below ({int((~above).sum())})")
+        ax.hist(scores[above], bins=bins, color="tab:red", label=f"flagged ({int(above.sum())})")
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
+    if scores.size:
+        ax.set_yscale("log")
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no scored images", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="P(fake)", ylabel="images", xlim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
