@@ -9,10 +9,13 @@ scan rebuilds exactly the preprocessing the model was trained with.
 - ``native``: keeps generation traces: crops at native resolution instead of resizing
   (pads images smaller than the crop), with blur and JPEG re-compression augmentation
   applied to *both* classes so file format and compression cannot be the signal.
+  Trains on random ``image_size`` crops; scores a centre crop of ``eval_size`` (default:
+  ``image_size``). ResNet18 ends in global average pooling, so a larger eval crop than
+  the train crop averages the same local evidence over more of the picture.
 
 Eval is split in two so the scan can batch the cheap part: ``prepare(image)`` does the
-geometry on one PIL image and returns uint8 ``(3, S, S)``; ``normalize(batch)`` turns a
-uint8 ``(B, 3, S, S)`` batch into the model's float input.
+geometry on one PIL image and returns uint8 ``(3, S, S)``, ``S = input_size``;
+``normalize(batch)`` turns a uint8 ``(B, 3, S, S)`` batch into the model's float input.
 
     python -c "from detector.presets import get_preset; print(get_preset('native').to_dict())"
 """
@@ -42,6 +45,11 @@ class Preset:
     std: tuple[float, float, float] = IMAGENET_STD
 
     # -- scoring ---------------------------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        """The side S of what ``prepare`` returns (the train crop is ``image_size``)."""
+        return self.image_size
+
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 (3, S, S): the deterministic eval geometry."""
         raise NotImplementedError
@@ -104,9 +112,14 @@ class NativeCropPreset(Preset):
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     jpeg_prob: float = 0.5
     jpeg_quality: tuple[int, int] = (65, 100)
+    eval_size: int | None = None  # centre crop that prepare() scores; None: image_size
 
-    def _pad(self, image: Image.Image) -> Image.Image:
-        s = self.image_size
+    @property
+    def input_size(self) -> int:
+        return self.eval_size or self.image_size
+
+    @staticmethod
+    def _pad(image: Image.Image, s: int) -> Image.Image:
         if image.width >= s and image.height >= s:
             return image
         canvas = Image.new("RGB", (max(s, image.width), max(s, image.height)))
@@ -114,18 +127,18 @@ class NativeCropPreset(Preset):
         return canvas
 
     def view_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        s = self.image_size
+        s = self.input_size
         left, top = max(0, (width - s) // 2), max(0, (height - s) // 2)
         return (left, top, min(width, left + s), min(height, top + s))
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
-        s = self.image_size
+        s = self.input_size
         left, top, _, _ = self.view_box(image.width, image.height)
-        return pil_to_tensor(self._pad(image.crop((left, top, left + s, top + s))))
+        return pil_to_tensor(self._pad(image.crop((left, top, left + s, top + s)), s))
 
     def train_transform(self, image: Image.Image) -> torch.Tensor:
         s = self.image_size
-        image = self._pad(image)
+        image = self._pad(image, s)
         left = random.randint(0, image.width - s)
         top = random.randint(0, image.height - s)
         image = image.crop((left, top, left + s, top + s))

@@ -65,7 +65,7 @@ class EvaluateConfig:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--data", required=True, help="labelled images: folder, s3:// prefix or manifest (as jobs.train)")
     p.add_argument("--model", required=True, help="a jobs.train output (folder or s3://) or a model.safetensors file")
     p.add_argument("--json", default=None, help="write all metrics to this JSON file (local or s3://)")

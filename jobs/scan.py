@@ -125,7 +125,7 @@ def validate(c: ScanConfig) -> list[str]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     d = ScanConfig.__dataclass_fields__
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)  # a misspelt flag fails
+    p = argparse.ArgumentParser(prog="python -m jobs.scan", description=__doc__.split("\n\n")[0], allow_abbrev=False)  # a misspelt flag fails
     p.add_argument("--input", help="folder or s3://bucket/prefix to scan (images by extension, any depth)")
     p.add_argument("--manifest", help="CSV/Parquet file (or folder, e.g. an S3 Inventory) listing the objects: a uri column, or bucket and key")
     p.add_argument("--model", required=True, help="training output folder (local or s3://) holding model.safetensors, or the file")

@@ -2,12 +2,21 @@
 
     # the original recipe (ResNet18, Adam 0.003, global batch 32, 10 epochs, 224 px), embedded Ray
     python -m jobs.train --data ../shared/data/cifake-4k --output /tmp/detector
+    # native resolution: 96 px random crops, 320 px eval crop, JPEG/blur augmentation on
+    # both classes, AdamW + warm-up/cosine, label smoothing (docs/QUALITY.md); any
+    # recipe value can be overridden, e.g. --epochs 60 --lr 0.001
+    python -m jobs.train --data ../shared/data/sd-coco-dev --output /tmp/detector --preset native
     # small images, two CPU workers, three epochs
     python -m jobs.train --data ../shared/data/cifake-4k/manifest.csv --output /tmp/detector \\
         --image-size 32 --num-workers 2 --epochs 3
     # a cluster: S3 in and out, GPU workers
     ray job submit --working-dir . -- python -m jobs.train --data s3://labelled/ \\
         --output s3://models/detector-v3 --num-workers 8 --use-gpu --max-failures 3
+
+``--preset`` picks the preprocessing and the recipe defaults (``RECIPES``: epochs, batch
+size, learning rate, optimizer, weight decay, schedule, label smoothing, sizes); flags
+given explicitly override single values. Before training, jobs/datacheck.py compares the
+classes' file formats, sizes and JPEG qualities on a sample and warns when they differ.
 
 ``--data`` is a folder or ``s3://`` prefix with ``real/`` and ``fake/`` (any depth), or
 ``train/{real,fake}`` + ``validation/{real,fake}``, or a CSV/Parquet manifest
@@ -18,7 +27,9 @@
   ``--threshold-fpr``; ``detector.checkpoint.load_checkpoint(OUT)``
   and ``python -m jobs.scan --model OUT`` read it;
 - ``metrics.json``: ``history`` (one entry per epoch), best epoch, threshold, data
-  summary with the skipped files and why, the configuration; written last;
+  summary with the skipped files and why, the dataset check (``data_check``: per class
+  file format, size and JPEG quality on a sample, and warnings when the classes differ;
+  jobs/datacheck.py), the configuration; written last;
 - ``training_curves.png``;
 - ``ray-train/``: Ray Train's run folder with the best and the latest checkpoints. A
   re-run with the same ``--output`` (after a crash, or with more ``--epochs``) resumes
@@ -47,11 +58,26 @@ from ray.train.torch import TorchTrainer
 from detector.decode import DEFAULT_MAX_PIXELS
 from detector.model import WEIGHT_CHOICES, build_model
 from detector.presets import PRESETS
-from jobs import storage
+from jobs import datacheck, storage
 from jobs.dataset import DataError, LabelledData, list_labelled
 from jobs.runtime import ensure_ray
 from jobs.train_loop import train_loop
 from jobs.train_output import RUN_DIR, RunConflictError, claim_run_dir, publish
+
+
+NATIVE_CROP, NATIVE_EVAL, NATIVE_EPOCHS = 96, 320, 30  # eval 320: docs/QUALITY.md, eval-crop experiment
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+# Each preset's recipe; explicit flags override single entries.
+RECIPES: dict[str, dict[str, Any]] = {
+    # the original project, exactly
+    "baseline": dict(epochs=10, batch_size=32, lr=0.003, optimizer="adam", weight_decay=0.0,
+                     schedule="constant", label_smoothing=0.0, image_size=224, eval_size=None),
+    # from scratch at native resolution: small random crops make many cheap steps; eval on a
+    # larger centre crop; AdamW + warm-up/cosine and label smoothing (docs/QUALITY.md)
+    "native": dict(epochs=NATIVE_EPOCHS, batch_size=32, lr=0.002, optimizer="adamw", weight_decay=0.05,
+                   schedule="cosine", label_smoothing=0.1, image_size=NATIVE_CROP, eval_size=NATIVE_EVAL),
+}
 
 
 @dataclass(frozen=True)
@@ -59,11 +85,17 @@ class TrainConfig:
     data: str
     output: str
     preset: str = "baseline"
-    epochs: int = 10
-    batch_size: int = 32  # global: split evenly over the workers
-    lr: float = 0.003
+    # None: the preset's recipe (RECIPES); an explicit value overrides it.
+    epochs: int | None = None
+    batch_size: int | None = None  # global: split evenly over the workers
+    lr: float | None = None  # peak learning rate with --schedule cosine
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+    image_size: int | None = None  # the train crop (native) or resize (baseline)
+    eval_size: int | None = None  # native only: the centre crop scored (validation, scan)
     weights: str = "none"
-    image_size: int = 224
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: bool = False
@@ -74,6 +106,10 @@ class TrainConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
+        recipe = RECIPES.get(self.preset, {})
+        for name, value in recipe.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen: resolved once, here
         checks = [
             (self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}"),
             (self.epochs >= 1, "--epochs must be at least 1"),
@@ -84,7 +120,13 @@ class TrainConfig:
              f"--num-workers ({self.num_workers}), e.g. "
              f"{max(1, self.batch_size // self.num_workers) * self.num_workers}"),
             (self.lr > 0, "--lr must be positive"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1), e.g. 0.1"),
             (self.image_size >= 16, "--image-size must be at least 16 (ResNet18 downsamples 32x)"),
+            (self.eval_size is None or (self.preset == "native" and self.eval_size >= 16),
+             "--eval-size is for --preset native only, and at least 16"),
             (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1, e.g. 0.2"),
             (self.max_failures >= -1, "--max-failures must be -1 (retry forever), 0 or more"),
             (0 <= self.threshold_fpr <= 1, "--threshold-fpr is a rate between 0 and 1, e.g. 0.05"),
@@ -107,13 +149,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 allow_abbrev=False)  # --epoch must fail, not mean --epochs
     p.add_argument("--data", required=True, help="labelled images: folder, s3:// prefix, or CSV/Parquet manifest")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for the checkpoint, metrics and curves")
-    p.add_argument("--preset", default=d["preset"].default, choices=sorted(PRESETS), help="preprocessing preset")
-    p.add_argument("--epochs", type=int, default=d["epochs"].default, help="epochs to train (in total, when resuming)")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="global batch size")
-    p.add_argument("--lr", type=float, default=d["lr"].default, help="Adam learning rate")
+    p.add_argument("--preset", default=d["preset"].default, choices=sorted(PRESETS),
+                   help="preprocessing preset; it also picks the recipe defaults below (None = the preset's: "
+                        + "; ".join(f"{k}: {v}" for k, v in RECIPES.items()) + ")")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to train (in total, when resuming)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (the peak, with --schedule cosine)")
+    p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="optimizer")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (decoupled with adamw)")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="learning rate per step: constant, or linear warm-up (first 10%%) then cosine to 0")
+    p.add_argument("--label-smoothing", type=float, default=None, help="cross-entropy label smoothing")
+    p.add_argument("--image-size", type=int, default=None, help="model input size in pixels (native: the train crop)")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help="native preset: side of the centre crop scored in validation and scans")
     p.add_argument("--weights", default=d["weights"].default,
                    help="initial weights: none (random), imagenet (torchvision's, needs the internet once) or a local file")
-    p.add_argument("--image-size", type=int, default=d["image_size"].default, help="model input size in pixels")
     p.add_argument("--num-workers", type=int, default=d["num_workers"].default, help="Ray Train workers (data-parallel)")
     p.add_argument("--cpus-per-worker", type=int, default=d["cpus_per_worker"].default,
                    help="CPUs reserved per worker; also its torch threads")
@@ -149,6 +200,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
     start = time.monotonic()
     data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed)
     print(f"data: {data.layout} at {data.source}, counts {data.counts()}", flush=True)
+    data_check = datacheck.check(data, seed=config.seed)
+    for warning in data_check["warnings"]:
+        print(f"warning: {warning}", flush=True)
     claim_run_dir(config, data)
     fs, path = storage.pyarrow_filesystem(config.output)
     _say_what_it_waits_for(config)
@@ -171,7 +225,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     best = result.get_best_checkpoint(metric="val_accuracy", mode="max")
     if best is None or result.checkpoint is None:
         raise RuntimeError(f"the run at {storage.join(config.output, RUN_DIR)} reported no checkpoint")
-    return publish(config, data, best, result.checkpoint, time.monotonic() - start)
+    return publish(config, data, best, result.checkpoint, time.monotonic() - start, data_check=data_check)
 
 
 def loop_config(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
@@ -183,7 +237,9 @@ def loop_config(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
         "validation": [(s.uri, s.label) for s in data.validation],
         "init_weights": init,
         "data_summary": data.summary(),
-        "recipe": {"optimizer": "Adam", "lr": config.lr, "loss": "CrossEntropyLoss",
+        "recipe": {"optimizer": config.optimizer, "lr": config.lr, "weight_decay": config.weight_decay,
+                   "schedule": config.schedule, "loss": "CrossEntropyLoss",
+                   "label_smoothing": config.label_smoothing,
                    "batch_size": config.batch_size, "epochs": config.epochs, "seed": config.seed,
                    "weights": config.weights, "threshold_fpr": config.threshold_fpr},
     }

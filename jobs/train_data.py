@@ -25,9 +25,11 @@ CACHE_BYTES = 1 << 30  # per worker (per loader process when there are several)
 class LabelledImages(Dataset):
     """``(uri, label)`` pairs -> ``(x float (3,S,S), label, index, error or "")``."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Any, preset: Preset, max_pixels: int):
+    def __init__(self, samples: list[tuple[str, int]], transform: Any, preset: Preset, max_pixels: int,
+                 *, train: bool = True):
         self.samples, self.transform, self.max_pixels = samples, transform, max_pixels
-        self.size = preset.image_size
+        # the side of a sample: the train crop, or what eval scores (native: eval_size)
+        self.size = preset.image_size if train else preset.input_size
         self._cache: dict[str, bytes] = {}
         self._cached = 0
 

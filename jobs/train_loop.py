@@ -26,6 +26,7 @@ latest one (``ray.train.get_checkpoint()``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import tempfile
@@ -63,7 +64,8 @@ def train_loop(loop: dict[str, Any]) -> None:
     cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
     torch.set_num_threads(max(1, cpus))
     device = ray.train.torch.get_device()
-    preset = get_preset(cfg["preset"], image_size=cfg["image_size"])
+    preset = get_preset(cfg["preset"], image_size=cfg["image_size"],
+                        **({"eval_size": cfg["eval_size"]} if cfg.get("eval_size") else {}))
     memory_format = torch.channels_last if cfg["image_size"] >= CHANNELS_LAST_MIN_SIZE else torch.contiguous_format
 
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
@@ -73,7 +75,7 @@ def train_loop(loop: dict[str, Any]) -> None:
         model.load_state_dict(ray.get(loop["init_weights"]))
     optimizer_state, state = _restore(model, rank, world)
     model = ray.train.torch.prepare_model(model.to(memory_format=memory_format))  # DDP
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    optimizer = _optimizer(model, cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     train_loader, val_loader = _loaders(loop, preset, rank, world, cpus, device)
@@ -83,7 +85,9 @@ def train_loop(loop: dict[str, Any]) -> None:
         start = time.monotonic()
         train_loader.sampler.set_epoch(epoch)
         progress = Progress(f"epoch {epoch}/{cfg['epochs']} train images", len(loop["train"]), every_s=10)
-        train = _train_one_epoch(model, train_loader, optimizer, to_device, progress if rank == 0 else None, world)
+        lr_at = _lr_schedule(cfg, first_step=(epoch - 1) * len(train_loader), steps=cfg["epochs"] * len(train_loader))
+        train = _train_one_epoch(model, train_loader, optimizer, to_device, progress if rank == 0 else None, world,
+                                 lr_at, cfg.get("label_smoothing") or 0.0)
         train_seconds = time.monotonic() - start
         val = _evaluate(_bare(model), val_loader, to_device, cfg["threshold_fpr"])
         for found in _gather({**train.pop("skipped"), **val.pop("skipped")}):
@@ -121,7 +125,8 @@ def _loaders(loop, preset, rank, world, cpus, device) -> tuple[DataLoader, DataL
     cfg = loop["config"]
     per_worker_batch = cfg["batch_size"] // world
     train_set = LabelledImages(loop["train"], preset.train_transform, preset, cfg["max_pixels"])
-    val_set = LabelledImages(loop["validation"][rank::world], preset.eval_transform, preset, cfg["max_pixels"])
+    val_set = LabelledImages(loop["validation"][rank::world], preset.eval_transform, preset, cfg["max_pixels"],
+                             train=False)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"])
     # Same shard length on every rank, so the same decision everywhere: drop a last batch
     # of one image only (BatchNorm cannot train on it once layer4 is 1x1 at 32 px).
@@ -134,16 +139,44 @@ def _loaders(loop, preset, rank, world, cpus, device) -> tuple[DataLoader, DataL
             DataLoader(val_set, per_worker_batch, shuffle=False, **args))
 
 
-def _train_one_epoch(model, loader, optimizer, to_device, progress, world) -> dict[str, Any]:
+def _optimizer(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    if cfg.get("optimizer", "adam") == "adamw":
+        # no decay on BatchNorm and biases (1-d tensors), as is usual
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        rest = [p for p in model.parameters() if p.ndim <= 1]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                                  {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"])
+    return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay") or 0.0)
+
+
+def _lr_schedule(cfg: dict[str, Any], first_step: int, steps: int):
+    """Step index within the epoch -> learning rate. A pure function of the global step, so a
+    resumed run continues the same curve without scheduler state."""
+    peak = cfg["lr"]
+    if cfg.get("schedule", "constant") != "cosine":
+        return lambda i: peak
+    warmup = max(1, steps // 10)
+
+    def lr_at(i: int) -> float:
+        step = first_step + i
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+    return lr_at
+
+
+def _train_one_epoch(model, loader, optimizer, to_device, progress, world, lr_at, smoothing) -> dict[str, Any]:
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
     skipped: dict[str, str] = {}
-    for x, y, index, errors in loader:  # x: (B, 3, S, S)
+    for step, (x, y, index, errors) in enumerate(loader):  # x: (B, 3, S, S)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
         ok = torch.tensor([not e for e in errors], dtype=torch.float32)
         skipped.update({loader.dataset.samples[i][0]: e for i, e in zip(index.tolist(), errors) if e})
         logits = model(x.to(**to_device))  # (B, 2)
         y, ok = y.to(logits.device), ok.to(logits.device)
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
         loss = (losses * ok).sum() / ok.sum().clamp(min=1)  # CrossEntropyLoss's mean over real samples
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

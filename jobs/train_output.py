@@ -39,7 +39,8 @@ class RunConflictError(ValueError):
     """--output holds a run of other data or settings, which a re-run would wrongly resume."""
 
 
-def publish(config: TrainConfig, data: LabelledData, best: Any, latest: Any, seconds: float) -> dict[str, Any]:
+def publish(config: TrainConfig, data: LabelledData, best: Any, latest: Any, seconds: float,
+            *, data_check: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the run's results at ``config.output`` from Ray Train's ``best`` and ``latest``
     checkpoints; returns the metrics.json record."""
     state = TrainState.from_json(_read(latest, STATE_FILE).decode())
@@ -58,6 +59,7 @@ def publish(config: TrainConfig, data: LabelledData, best: Any, latest: Any, sec
         "model_version": meta["model_version"],
         "data": {**data.summary(), "skipped_count": len(state.skipped),
                  "skipped": [{"uri": u, "reason": r} for u, r in sorted(state.skipped.items())]},
+        "data_check": data_check,
         "resumes": state.resumes,
         "config": dataclasses.asdict(config),
         "ray_train_dir": storage.join(config.output, RUN_DIR),

@@ -62,3 +62,18 @@ def test_unknown_preset_and_parameter_fail_clearly():
         get_preset("fancy")
     with pytest.raises(ValueError, match="has no parameter"):
         get_preset("baseline", crop=3)
+
+
+def test_native_scores_a_larger_centre_crop_than_it_trains_on():
+    p = get_preset("native", image_size=32, eval_size=64)
+    assert p.input_size == 64 and get_preset("native", image_size=32).input_size == 32
+    img = make_image(100, 80)
+    assert p.train_transform(img).shape == (3, 32, 32)
+    x = p.prepare(img)
+    left, top, right, bottom = p.view_box(100, 80)
+    assert (left, top, right, bottom) == (18, 8, 82, 72)
+    expected = torch.from_numpy(__import__("numpy").array(img)[top:bottom, left:right]).permute(2, 0, 1)
+    assert torch.equal(x, expected)
+    # smaller than eval_size: padded, and the view box stays inside the picture
+    assert p.prepare(make_image(40, 20)).shape == (3, 64, 64) and p.view_box(40, 20) == (0, 0, 40, 20)
+    assert preset_from_dict(json.loads(json.dumps(p.to_dict()))) == p

@@ -238,3 +238,30 @@ def test_unreadable_files_become_weightless_samples_with_a_reason(tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(image_bytes(False, 1, size=128))  # 16,384 pixels > max_pixels
     assert "limit" in LabelledImages([(str(big), REAL)], preset.eval_transform, preset, 10_000)[0][3]
+
+
+def test_each_preset_brings_its_recipe_and_flags_override_it():
+    parse = get_args_parser().parse_args
+    native = TrainConfig(**{k.replace("-", "_"): v for k, v in
+                            vars(parse(["--data", "d", "--output", "o", "--preset", "native"])).items()})
+    assert (native.optimizer, native.schedule, native.image_size) == ("adamw", "cosine", 96)
+    assert native.eval_size > native.image_size and native.label_smoothing > 0
+    tuned = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(parse(
+        ["--data", "d", "--output", "o", "--preset", "baseline", "--lr", "0.01", "--optimizer", "adamw"])).items()})
+    assert (tuned.lr, tuned.optimizer, tuned.epochs, tuned.image_size) == (0.01, "adamw", 10, 224)
+    with pytest.raises(ValueError, match="--eval-size is for --preset native"):
+        TrainConfig(data="d", output="o", preset="baseline", eval_size=256)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_and_resumes_on_the_same_curve():
+    from jobs.train_loop import _lr_schedule
+
+    cfg = {"lr": 0.002, "schedule": "cosine"}
+    whole = _lr_schedule(cfg, first_step=0, steps=100)
+    curve = [whole(i) for i in range(100)]
+    assert curve[0] == pytest.approx(0.002 / 10) and max(curve) == pytest.approx(0.002)
+    assert curve[9] == curve[10] == pytest.approx(0.002) and curve[-1] < 0.002 * 0.01
+    assert all(a <= b for a, b in zip(curve[:9], curve[1:10])) and all(a >= b for a, b in zip(curve[10:], curve[11:]))
+    later = _lr_schedule(cfg, first_step=40, steps=100)  # e.g. epoch 3 of 5, or after a resume
+    assert [later(i) for i in range(20)] == curve[40:60]
+    assert _lr_schedule({"lr": 0.003, "schedule": "constant"}, 0, 100)(57) == 0.003
