@@ -51,6 +51,8 @@ class SeaweedS3Server:
         region: the region clients sign for.
         startup_timeout_s: how long to wait for S3 to answer.
         binary: the ``weed`` executable; found automatically when None.
+        access_key, secret_key: the credentials to require; None: random ones (tests
+            give their own to grep logs for a recognisable secret).
     """
 
     def __init__(
@@ -60,14 +62,16 @@ class SeaweedS3Server:
         region: str = "us-east-1",
         startup_timeout_s: float = 30.0,
         binary: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
     ) -> None:
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.region = region
         self.startup_timeout_s = startup_timeout_s
         self.binary = binary or weed.find_weed()
-        self.access_key = "GS" + secrets.token_hex(9).upper()
-        self.secret_key = secrets.token_urlsafe(30)
+        self.access_key = access_key or "GS" + secrets.token_hex(9).upper()
+        self.secret_key = secret_key or secrets.token_urlsafe(30)
         self.ports: dict[str, int] = {}  # flag name ("s3.port", ...) -> port
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_dir: str | None = None
@@ -146,6 +150,17 @@ class SeaweedS3Server:
             raise
         raise AssertionError("unreachable")
 
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop ``weed``, stay down ``down_s`` seconds, and start it again on the same
+        ports, data and credentials: clients keep their settings (fault tests)."""
+        if self._process is None:
+            raise RuntimeError("the server is not started")
+        self._stop_process()
+        weed.remove_grpc_sockets(self.ports)
+        time.sleep(down_s)
+        self._launch(self.ports)
+        self._wait_until_ready()
+
     def wait(self) -> int:
         """Block until ``weed`` exits; returns its exit code."""
         if self._process is None:
@@ -174,9 +189,9 @@ class SeaweedS3Server:
     ) -> None:
         self.stop()
 
-    def _launch(self) -> None:
+    def _launch(self, ports: dict[str, int] | None = None) -> None:
         assert self.data_dir is not None and self._socket_dir is not None
-        self.ports = weed.reserve_ports()
+        self.ports = ports or weed.reserve_ports()
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 weed.command(self.binary, self.data_dir, self.ports, self._socket_dir),
@@ -236,7 +251,7 @@ class _PortTaken(RuntimeError):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run a SeaweedFS S3 server on 127.0.0.1.")
+    parser = argparse.ArgumentParser(prog="python -m jobs.s3_server", description="Run a SeaweedFS S3 server on 127.0.0.1.")
     parser.add_argument("--dir", type=Path, default=None,
                         help="data folder, kept after exit (default: a temporary one)")
     parser.add_argument("--bucket", action="append", default=[],

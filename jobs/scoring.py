@@ -215,7 +215,8 @@ class Scorer:
         now = datetime.now(timezone.utc)
         columns = {
             "uri": pa.array(batch["uri"], pa.string()),
-            "etag": pa.array(batch["etag"], pa.string()),
+            # a block whose etags are all null (a manifest without them) arrives as float NaN
+            "etag": pa.array([e if isinstance(e, str) else None for e in batch["etag"]], pa.string()),
             "size_bytes": pa.array(size, pa.int64(), mask=size < 0),
             "width": pa.array(batch["width"], pa.int32(), mask=bad),
             "height": pa.array(batch["height"], pa.int32(), mask=bad),
