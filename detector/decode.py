@@ -33,8 +33,14 @@ class DecodedImage:
     height: int
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode ``data`` to RGB. Raises ImageDecodeError saying what was wrong."""
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> DecodedImage:
+    """Decode ``data`` to RGB. Raises ImageDecodeError saying what was wrong.
+
+    ``draft_size``: for a JPEG at least twice as large on both sides, let the decoder
+    scale it down by 1/2, 1/4 or 1/8 in the DCT (PIL ``Image.draft``), keeping both sides
+    at least ``draft_size``: several times less decoding for a caller that shrinks the
+    picture anyway. ``image`` is then smaller than ``width`` x ``height``, which stay the
+    file's own size."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
@@ -54,9 +60,19 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
                     f"--max-pixels to accept it)"
                 )
             img.seek(0)  # first frame of animated GIF/WebP/APNG/multi-page TIFF
+            drafted = (draft_size is not None and fmt == "JPEG"
+                       and min(width, height) >= 2 * draft_size
+                       and img.draft(None, (draft_size, draft_size)) is not None)
+            stored = img.size  # after draft(): the reduced size the decoder will produce
+            orientation = img.getexif().get(0x0112, 1) if drafted else 1
             img.load()
             img = _apply_orientation(img)
             rgb = _to_rgb(img)
+            size = rgb.size
+            if drafted:  # report the file's own size, turned as the picture was turned
+                # (a draft can round a near-square picture to a square: ask EXIF then)
+                turned = orientation in (5, 6, 7, 8) if stored[0] == stored[1] else rgb.size != stored
+                size = (height, width) if turned else (width, height)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -69,7 +85,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         # PIL's plugins raise a zoo of types for corrupt data ("image file is truncated",
         # "broken data stream", "cannot identify", struct.error, ...).
         raise ImageDecodeError(f"corrupt or unsupported image data: {type(e).__name__}: {e}") from None
-    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height)
+    return DecodedImage(image=rgb, format=fmt, width=size[0], height=size[1])
 
 
 def _apply_orientation(img: Image.Image) -> Image.Image:

@@ -18,9 +18,13 @@ import torch
 
 from detector.checkpoint import Checkpoint, load_checkpoint
 from detector.decode import DEFAULT_MAX_PIXELS, decode_image
-from detector.presets import Preset
+from detector.presets import BaselinePreset, Preset
 from detector.scoring import Scores, score_batch
 from detector.thumbnail import THUMBNAIL_SIZE, thumbnail_view
+
+# JPEGs decode in draft mode (detector.decode) only down to this many times the size
+# they are resized to afterwards.
+JPEG_DRAFT_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,16 @@ def prepare(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_size: int = THUMBNAIL_SIZE,
 ) -> PreparedImage:
-    """Decode and preprocess one image. Raises ImageDecodeError for bad input."""
-    decoded = decode_image(data, max_pixels=max_pixels)
+    """Decode and preprocess one image. Raises ImageDecodeError for bad input.
+
+    A preset that resizes the whole picture (baseline) lets a JPEG of 4x the model
+    input or more decode at 1/2-1/8 scale, still at least twice the larger of the
+    model input and the thumbnail (``JPEG_DRAFT_MARGIN``): a 12 MP photo decodes
+    several times faster, and the model input moves by about 0.2 of 255 levels on
+    average (BENCHMARKS.md, benchmarks/jpeg_draft.py). Other presets crop at native
+    resolution and decode in full."""
+    draft = JPEG_DRAFT_MARGIN * max(preset.input_size, thumbnail_size) if isinstance(preset, BaselinePreset) else None
+    decoded = decode_image(data, max_pixels=max_pixels, draft_size=draft)
     image = decoded.image
     box = preset.view_box(image.width, image.height)
     return PreparedImage(

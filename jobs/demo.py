@@ -51,11 +51,13 @@ class DemoConfig:
     uploads: int = 50  # images per class in s3://uploads/ before the first scan
     added: int = 5  # images per class added before the incremental scan
     size: int = 96  # sample side in pixels
-    # Measured on the samples: from scratch, small crops, small batches and half the
-    # native recipe's learning rate get well above chance within a few epochs.
-    epochs: int = 5
-    image_size: int = 32  # the train crop (cheap steps); validation and scans score the whole sample
-    batch_size: int = 8
+    # Measured on the samples (2 cores, from scratch): the baseline preset at the samples'
+    # own size (a resize to 96 px of a 96 px image changes no pixel, so the upsampling
+    # trace survives), Adam 0.001, batch 16: validation accuracy 0.85 after one epoch,
+    # about 0.9 after four. Small crops (native preset, 32 px) stayed near 0.65.
+    epochs: int = 4
+    image_size: int = 96  # the model input; equal to --size, so nothing is resampled
+    batch_size: int = 16
     lr: float = 0.001
     fail_after: str | None = None  # for tests: fail right after this step
 
@@ -83,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     for name, help_ in (("count", "labelled sample images per class"), ("uploads", "images per class to scan"),
                         ("added", "images per class added before the incremental scan"),
                         ("size", "sample image side in pixels"), ("epochs", "training epochs"),
-                        ("image-size", "training crop in pixels"), ("batch-size", "training batch size")):
+                        ("image-size", "model input size in pixels (the baseline preset resizes to it)"), ("batch-size", "training batch size")):
         p.add_argument(f"--{name}", type=int, default=d[name.replace("-", "_")].default,
                        help=f"{help_} (default %(default)s)")
     p.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (default %(default)s)")
@@ -162,8 +164,8 @@ def _run_steps(config: DemoConfig, work: Path, start: float) -> None:
     _step(3, f"train a detector: jobs.train --data {LABELLED} --output {MODEL}")
     _start_ray()
     record = train.run(train.TrainConfig(
-        data=LABELLED, output=MODEL, preset="native", epochs=config.epochs,
-        image_size=config.image_size, eval_size=config.size, batch_size=config.batch_size, lr=config.lr, num_workers=1))
+        data=LABELLED, output=MODEL, preset="baseline", epochs=config.epochs,
+        image_size=config.image_size, batch_size=config.batch_size, lr=config.lr, num_workers=1))
     _on_signals(_interrupt)  # Ray Train's fit() leaves its own SIGINT handler (abort the run) behind
     best = record["best"]
     print(f"validation accuracy {best['val_accuracy']:.3f} (chance 0.5) at epoch {record['best_epoch']}, "

@@ -107,3 +107,25 @@ def test_pixel_limit_is_configurable():
     assert decode_image(data, max_pixels=10_000).width == 100
     with pytest.raises(ImageDecodeError, match="max-pixels"):
         decode_image(data, max_pixels=9_999)
+
+
+@pytest.mark.parametrize("size,orientation", [((1200, 500), 1), ((1200, 500), 6), ((1000, 999), 8)])
+def test_jpeg_draft_decodes_smaller_but_reports_the_file_size(size, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(make_image(*size), "JPEG", exif=exif.tobytes())
+    full = decode_image(data)
+    drafted = decode_image(data, draft_size=200)
+    assert (drafted.width, drafted.height) == (full.width, full.height)
+    turned = orientation in (5, 6, 7, 8)
+    assert (full.width, full.height) == ((size[1], size[0]) if turned else size)
+    assert min(drafted.image.size) >= 200 and drafted.image.width < full.width
+    # the picture is the same one, only smaller: same orientation, similar content
+    assert (drafted.image.width > drafted.image.height) == (full.width > full.height) or size[0] - size[1] < 5
+
+
+def test_draft_is_not_used_for_small_jpegs_or_other_formats():
+    small = encode(make_image(300, 300), "JPEG")
+    assert decode_image(small, draft_size=200).image.size == (300, 300)
+    png = encode(make_image(1000, 800), "PNG")
+    assert decode_image(png, draft_size=200).image.size == (1000, 800)
