@@ -25,13 +25,19 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Ser
         yield server
 
 
-@pytest.fixture
-def s3_env(s3_server: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The AWS_* variables of ``s3_server``, set for this test only (others removed)."""
+def use_s3_server(server: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the AWS_* variables at ``server`` (every other AWS_* removed). Set them before
+    a module starts Ray and its worker processes inherit them, as a cluster's nodes would."""
     for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
-    env = s3_server.env()
+    env = server.env()
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+def s3_env(s3_server: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The AWS_* variables of ``s3_server``, set for this test only (others removed)."""
+    return use_s3_server(s3_server, monkeypatch)

@@ -32,6 +32,7 @@ from PIL import Image
 from jobs import report_store, storage
 from jobs.s3_server import SeaweedS3Server
 from jobs.scan import ScanConfig, main, run
+from tests.conftest import use_s3_server
 from tests.jobs.test_scan import save_model
 
 pytestmark = pytest.mark.slow
@@ -53,10 +54,7 @@ def s3(tmp_path_factory, request):
     server = SeaweedS3Server(tmp_path_factory.mktemp("weed")).start()
     patch = pytest.MonkeyPatch()
     try:
-        for name in [n for n in os.environ if n.startswith("AWS_")]:
-            patch.delenv(name)
-        for name, value in server.env().items():
-            patch.setenv(name, value)
+        use_s3_server(server, patch)
         request.getfixturevalue("ray_local")
         yield server
     finally:

@@ -27,6 +27,7 @@ from PIL import Image
 from jobs import report_store, storage
 from jobs.scan import ScanConfig, run
 from jobs.schema import partitioning
+from tests.conftest import use_s3_server
 from tests.jobs.test_scan import save_model
 
 pytestmark = pytest.mark.slow
@@ -45,10 +46,7 @@ def s3(s3_server, request):
     """AWS_* pointing at the server *before* the module's Ray starts, so that its worker
     processes inherit them (as on a cluster whose nodes have the credentials)."""
     patch = pytest.MonkeyPatch()
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        patch.delenv(name)
-    for name, value in s3_server.env().items():
-        patch.setenv(name, value)
+    use_s3_server(s3_server, patch)
     request.getfixturevalue("ray_local")
     yield s3_server
     patch.undo()

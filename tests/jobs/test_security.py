@@ -38,6 +38,7 @@ from jobs.s3_server import SeaweedS3Server
 from jobs import scan as scan_job
 from jobs.scan import main
 from tests.jobs.test_s3_server import _listening
+from tests.conftest import use_s3_server
 from tests.jobs.test_scan import save_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")]
@@ -60,10 +61,7 @@ def s3(tmp_path_factory, request):
     server = SeaweedS3Server(tmp_path_factory.mktemp("weed"), access_key=ACCESS_KEY, secret_key=SECRET_KEY).start()
     patch = pytest.MonkeyPatch()
     try:
-        for name in [n for n in os.environ if n.startswith("AWS_")]:
-            patch.delenv(name)
-        for name, value in server.env().items():
-            patch.setenv(name, value)
+        use_s3_server(server, patch)
         request.getfixturevalue("ray_local")
         yield server
     finally:
