@@ -94,7 +94,9 @@ def _read_metrics(output) -> dict:
 
 def test_crashed_run_resumes_on_rerun_and_publishes_a_working_detector(ray_local, data, tmp_path):
     out = tmp_path / "out"
-    cfg = config(data, out, max_failures=0)
+    # 4 epochs: after 3 (9 optimizer steps) BatchNorm's running statistics still lag and
+    # validation accuracy varied between runs (0.56 once on a quiet machine).
+    cfg = config(data, out, max_failures=0, epochs=4)
     killer = WorkerKiller(out)
     killer.start()
     with pytest.raises(ray.train.TrainingFailedError):
@@ -107,7 +109,7 @@ def test_crashed_run_resumes_on_rerun_and_publishes_a_working_detector(ray_local
 
     assert record == _read_metrics(out)
     history = record["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert all(HISTORY_FIELDS <= h.keys() for h in history)
     assert record["resumes"] and record["resumes"][0]["from_epoch"] >= 1
     assert history[-1]["train_loss"] < history[0]["train_loss"]
