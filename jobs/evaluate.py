@@ -43,6 +43,7 @@ from detector.presets import reencode_jpeg
 from jobs import storage
 from jobs.dataset import DataError, Sample, list_labelled
 from jobs.evaluate_metrics import binary_metrics
+from jobs.scan import read_checkpoint_bytes
 
 ROBUSTNESS = ("jpeg90", "jpeg75", "jpeg50", "downscale0.5", "crop")
 SPLITS = ("all", "train", "validation")
@@ -151,12 +152,7 @@ def _load(model: str) -> Detector:
     (``OUT/model.safetensors``), not the whole training output with its Ray Train run."""
     if not storage.is_s3(model):
         return Detector.from_path(model)
-    uri = model if model.endswith(".safetensors") else storage.join(model, CHECKPOINT_FILE)
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {uri}: --model must be a training output holding "
-                                f"{CHECKPOINT_FILE}, or that file") from None
+    data = read_checkpoint_bytes(model)
     with tempfile.TemporaryDirectory(prefix="genscan-model-") as tmp:
         path = os.path.join(tmp, CHECKPOINT_FILE)
         with open(path, "wb") as f:

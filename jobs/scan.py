@@ -219,14 +219,21 @@ def _check_resources(config: ScanConfig, resources: dict) -> None:
                       f"{resources.get('GPU', 0):g} GPUs now; the scan waits until enough join", stacklevel=2)
 
 
+def read_checkpoint_bytes(model: str) -> bytes:
+    """The bytes of ``model`` (a training output, local or s3://, or its model.safetensors):
+    only the checkpoint file, never the whole output with its Ray Train run."""
+    uri = model if model.endswith(".safetensors") else storage.join(model, CHECKPOINT_FILE)
+    try:
+        return storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {uri}: --model must be a training output holding "
+                                f"{CHECKPOINT_FILE}, or that file") from None
+
+
 def _load_model(config: ScanConfig) -> tuple[bytes, str, float, dict]:
     """Checkpoint bytes (checked by loading them here once), model_version, the
     threshold to use and the preset."""
-    uri = config.model if config.model.endswith(".safetensors") else storage.join(config.model, CHECKPOINT_FILE)
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {uri}: --model must be a training output folder holding {CHECKPOINT_FILE}") from None
+    data = read_checkpoint_bytes(config.model)
     with tempfile.TemporaryDirectory(prefix="genscan-model-") as tmp:
         path = Path(tmp) / CHECKPOINT_FILE
         path.write_bytes(data)
