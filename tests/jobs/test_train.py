@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import ray.train
 import torch
+from sklearn.metrics import roc_auc_score
 
 from detector.checkpoint import load_checkpoint
 from detector.inference import Detector, prepare
@@ -94,9 +95,10 @@ def _read_metrics(output) -> dict:
 
 def test_crashed_run_resumes_on_rerun_and_publishes_a_working_detector(ray_local, data, tmp_path):
     out = tmp_path / "out"
-    # 4 epochs: after 3 (9 optimizer steps) BatchNorm's running statistics still lag and
-    # validation accuracy varied between runs (0.56 once on a quiet machine).
-    cfg = config(data, out, max_failures=0, epochs=4)
+    # 4 epochs of batch 8 at lr 0.001 (12 optimizer steps): with the baseline's lr 0.003 and
+    # batch 16, validation accuracy swung between 0.5 and 1.0 from epoch to epoch (BatchNorm
+    # statistics lag and Adam overshoots); 9 runs of these settings all reached >= 0.9.
+    cfg = config(data, out, max_failures=0, epochs=4, batch_size=8, lr=0.001)
     killer = WorkerKiller(out)
     killer.start()
     with pytest.raises(ray.train.TrainingFailedError):
@@ -131,7 +133,8 @@ def test_crashed_run_resumes_on_rerun_and_publishes_a_working_detector(ray_local
         batch = torch.stack([prepare(image_bytes(fake, 900 + i), detector.preset).pixels for i in range(8)])
         return detector.score(batch).prob_fake.numpy()
 
-    assert scores(True).mean() > scores(False).mean() + 0.3
+    # Ranking, not calibration: a detector that learnt nothing scores ~0.5 here.
+    assert roc_auc_score([1] * 8 + [0] * 8, np.concatenate([scores(True), scores(False)])) >= 0.9
 
     with pytest.raises(RunConflictError, match="lr"):
         run(replace(cfg, lr=0.01))
