@@ -65,18 +65,21 @@ from jobs.train_loop import train_loop
 from jobs.train_output import RUN_DIR, RunConflictError, claim_run_dir, publish
 
 
-NATIVE_CROP, NATIVE_EVAL, NATIVE_EPOCHS = 96, 320, 30  # eval 320: docs/QUALITY.md, eval-crop experiment
+NATIVE_CROP, NATIVE_EVAL, NATIVE_EPOCHS, NATIVE_CROPS_PER_IMAGE = 96, 320, 24, 4  # docs/QUALITY.md
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+SELECT_BY = ("val_accuracy", "val_auc")
 # Each preset's recipe; explicit flags override single entries.
 RECIPES: dict[str, dict[str, Any]] = {
     # the original project, exactly
     "baseline": dict(epochs=10, batch_size=32, lr=0.003, optimizer="adam", weight_decay=0.0,
-                     schedule="constant", label_smoothing=0.0, image_size=224, eval_size=None),
+                     schedule="constant", label_smoothing=0.0, image_size=224, eval_size=None, crops_per_image=1,
+                     select_by="val_accuracy"),
     # from scratch at native resolution: small random crops make many cheap steps; eval on a
     # larger centre crop; AdamW + warm-up/cosine and label smoothing (docs/QUALITY.md)
-    "native": dict(epochs=NATIVE_EPOCHS, batch_size=32, lr=0.002, optimizer="adamw", weight_decay=0.05,
-                   schedule="cosine", label_smoothing=0.1, image_size=NATIVE_CROP, eval_size=NATIVE_EVAL),
+    "native": dict(epochs=NATIVE_EPOCHS, batch_size=32, lr=0.001, optimizer="adamw", weight_decay=0.05,
+                   schedule="cosine", label_smoothing=0.1, image_size=NATIVE_CROP, eval_size=NATIVE_EVAL,
+                   crops_per_image=NATIVE_CROPS_PER_IMAGE, select_by="val_auc"),
 }
 
 
@@ -84,7 +87,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 class TrainConfig:
     data: str
     output: str
-    preset: str = "baseline"
+    preset: str = "native"  # the better recipe; "baseline" is the original project (docs/QUALITY.md)
     # None: the preset's recipe (RECIPES); an explicit value overrides it.
     epochs: int | None = None
     batch_size: int | None = None  # global: split evenly over the workers
@@ -95,9 +98,11 @@ class TrainConfig:
     label_smoothing: float | None = None
     image_size: int | None = None  # the train crop (native) or resize (baseline)
     eval_size: int | None = None  # native only: the centre crop scored (validation, scan)
+    crops_per_image: int | None = None  # training samples per image per epoch (native: random crops)
+    select_by: str | None = None  # the validation metric that picks the published epoch
     weights: str = "none"
     num_workers: int = 1
-    cpus_per_worker: int = 1
+    cpus_per_worker: int | None = None  # None: the cluster's CPUs / num_workers, at most one node's (_fill_cpus)
     use_gpu: bool = False
     val_fraction: float = 0.2
     seed: int = 0
@@ -114,12 +119,14 @@ class TrainConfig:
             (self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.num_workers >= 1, "--num-workers must be at least 1"),
-            (self.cpus_per_worker >= 1, "--cpus-per-worker must be at least 1"),
+            (self.cpus_per_worker is None or self.cpus_per_worker >= 1, "--cpus-per-worker must be at least 1"),
             (self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
              f"--batch-size is the global batch, split over the workers: make it a multiple of "
              f"--num-workers ({self.num_workers}), e.g. "
              f"{max(1, self.batch_size // self.num_workers) * self.num_workers}"),
             (self.lr > 0, "--lr must be positive"),
+            (self.crops_per_image >= 1, "--crops-per-image must be at least 1"),
+            (self.select_by in SELECT_BY, f"--select-by must be one of {', '.join(SELECT_BY)}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
@@ -163,11 +170,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="model input size in pixels (native: the train crop)")
     p.add_argument("--eval-size", type=int, default=None,
                    help="native preset: side of the centre crop scored in validation and scans")
+    p.add_argument("--crops-per-image", type=int, default=None,
+                   help="training samples drawn from each image per epoch (native: a new random crop each)")
+    p.add_argument("--select-by", default=None, choices=SELECT_BY,
+                   help="validation metric that picks the epoch published (the original: val_accuracy)")
     p.add_argument("--weights", default=d["weights"].default,
                    help="initial weights: none (random), imagenet (torchvision's, needs the internet once) or a local file")
     p.add_argument("--num-workers", type=int, default=d["num_workers"].default, help="Ray Train workers (data-parallel)")
     p.add_argument("--cpus-per-worker", type=int, default=d["cpus_per_worker"].default,
-                   help="CPUs reserved per worker; also its torch threads")
+                   help="CPUs reserved per worker, also its torch threads (default: an equal share of the "
+                        "cluster's CPUs, at most one node's)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default: CPU (gloo)")
     p.add_argument("--val-fraction", type=float, default=d["val_fraction"].default,
                    help="validation share per class when the data gives no split")
@@ -204,6 +216,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     for warning in data_check["warnings"]:
         print(f"warning: {warning}", flush=True)
     claim_run_dir(config, data)
+    config = _fill_cpus(config)
     fs, path = storage.pyarrow_filesystem(config.output)
     _say_what_it_waits_for(config)
     trainer = TorchTrainer(
@@ -214,15 +227,15 @@ def run(config: TrainConfig) -> dict[str, Any]:
         run_config=RunConfig(
             name=RUN_DIR, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
-            # Keeps the best by validation accuracy (the original rule) and, always, the latest.
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_accuracy",
+            # Keeps the best by --select-by (the original rule: validation accuracy) and, always, the latest.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=config.select_by,
                                                checkpoint_score_order="max"),
             worker_runtime_env={"env_vars": _worker_env()},
             logging_config=LoggingConfig(log_level="WARNING"),  # the loop prints one line per epoch
         ),
     )
     result = trainer.fit()
-    best = result.get_best_checkpoint(metric="val_accuracy", mode="max")
+    best = result.get_best_checkpoint(metric=config.select_by, mode="max")
     if best is None or result.checkpoint is None:
         raise RuntimeError(f"the run at {storage.join(config.output, RUN_DIR)} reported no checkpoint")
     return publish(config, data, best, result.checkpoint, time.monotonic() - start, data_check=data_check)
@@ -241,6 +254,7 @@ def loop_config(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
                    "schedule": config.schedule, "loss": "CrossEntropyLoss",
                    "label_smoothing": config.label_smoothing,
                    "batch_size": config.batch_size, "epochs": config.epochs, "seed": config.seed,
+                   "crops_per_image": config.crops_per_image, "select_by": config.select_by,
                    "weights": config.weights, "threshold_fpr": config.threshold_fpr},
     }
 
@@ -255,6 +269,18 @@ def _say_what_it_waits_for(config: TrainConfig) -> None:
         print(f"the cluster has {', '.join(f'{k} {n}' for k, n in short.items())} needed now; "
               f"waiting for nodes to join (to run on what is there: fewer --num-workers or "
               f"--cpus-per-worker{', or no --use-gpu' if 'GPU' in short else ''})", flush=True)
+
+
+def _fill_cpus(config: TrainConfig) -> TrainConfig:
+    """Without --cpus-per-worker, each worker gets an equal share of the cluster's CPUs as
+    it is now, but no more than its largest node has (a worker runs on one node)."""
+    if config.cpus_per_worker is not None:
+        return config
+    if not ray.is_initialized():  # run() without main(): the local Ray that Ray Train would start
+        ensure_ray()
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    share = int(ray.cluster_resources().get("CPU", 0)) // config.num_workers
+    return dataclasses.replace(config, cpus_per_worker=max(1, min(share, int(max(nodes, default=1)))))
 
 
 def _worker_env() -> dict[str, str]:

@@ -26,17 +26,22 @@ class LabelledImages(Dataset):
     """``(uri, label)`` pairs -> ``(x float (3,S,S), label, index, error or "")``."""
 
     def __init__(self, samples: list[tuple[str, int]], transform: Any, preset: Preset, max_pixels: int,
-                 *, train: bool = True):
+                 *, train: bool = True, repeats: int = 1):
+        """``repeats``: each sample appears that many times per pass (the native preset's
+        ``crops_per_image``: another random crop each time); the index returned is the
+        sample's."""
         self.samples, self.transform, self.max_pixels = samples, transform, max_pixels
+        self.repeats = repeats
         # the side of a sample: the train crop, or what eval scores (native: eval_size)
         self.size = preset.image_size if train else preset.input_size
         self._cache: dict[str, bytes] = {}
         self._cached = 0
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * self.repeats
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, str]:
+        i %= len(self.samples)
         uri, label = self.samples[i]
         try:
             image = decode_image(self._read(uri), max_pixels=self.max_pixels).image

@@ -84,7 +84,7 @@ def train_loop(loop: dict[str, Any]) -> None:
     for epoch in range(state.epoch + 1, cfg["epochs"] + 1):
         start = time.monotonic()
         train_loader.sampler.set_epoch(epoch)
-        progress = Progress(f"epoch {epoch}/{cfg['epochs']} train images", len(loop["train"]), every_s=10)
+        progress = Progress(f"epoch {epoch}/{cfg['epochs']} train images", len(train_loader.dataset), every_s=10)
         lr_at = _lr_schedule(cfg, first_step=(epoch - 1) * len(train_loader), steps=cfg["epochs"] * len(train_loader))
         train = _train_one_epoch(model, train_loader, optimizer, to_device, progress if rank == 0 else None, world,
                                  lr_at, cfg.get("label_smoothing") or 0.0)
@@ -124,7 +124,8 @@ def _loaders(loop, preset, rank, world, cpus, device) -> tuple[DataLoader, DataL
     ``world``-th validation image."""
     cfg = loop["config"]
     per_worker_batch = cfg["batch_size"] // world
-    train_set = LabelledImages(loop["train"], preset.train_transform, preset, cfg["max_pixels"])
+    train_set = LabelledImages(loop["train"], preset.train_transform, preset, cfg["max_pixels"],
+                               repeats=cfg.get("crops_per_image") or 1)
     val_set = LabelledImages(loop["validation"][rank::world], preset.eval_transform, preset, cfg["max_pixels"],
                              train=False)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"])

@@ -71,7 +71,9 @@ def publish(config: TrainConfig, data: LabelledData, best: Any, latest: Any, sec
     storage.write_bytes(storage.join(config.output, METRICS_FILE), json.dumps(record, indent=1).encode())
     for s in record["data"]["skipped"][:20]:
         print(f"skipped {s['uri']}: {s['reason']}", flush=True)
-    print(f"best epoch {best_epoch}/{state.epoch}: val_accuracy {record['best']['val_accuracy']:.4f}, "
+    acc, auc = (record["best"].get(k) for k in ("val_accuracy", "val_auc"))
+    print(f"best epoch {best_epoch}/{state.epoch} by {config.select_by}: val_accuracy "
+          f"{acc if acc is None else f'{acc:.4f}'}, val_auc {auc if auc is None else f'{auc:.4f}'}, "
           f"threshold {record['threshold']:.4f} (fpr <= {config.threshold_fpr}), "
           f"{len(state.skipped)} files skipped -> {storage.join(config.output, CHECKPOINT_FILE)}", flush=True)
     return record

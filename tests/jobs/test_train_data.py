@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+import torch
 
 from detector.model import FAKE, REAL
 from jobs.dataset import DataError, list_labelled, split_stratified, Sample
@@ -149,11 +150,16 @@ def test_clear_errors(tmp_path, case, words):
 
 # -- flags -----------------------------------------------------------------------------
 
-def test_defaults_are_the_original_recipe():
-    args = get_args_parser().parse_args(["--data", "d", "--output", "o"])
-    config = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
-    assert (config.preset, config.lr, config.batch_size, config.epochs, config.image_size,
-            config.num_workers, config.weights) == ("baseline", 0.003, 32, 10, 224, 1, "none")
+def test_defaults_are_the_native_recipe_and_baseline_is_the_original():
+    parse = get_args_parser().parse_args
+    config = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(parse(["--data", "d", "--output", "o"])).items()})
+    assert (config.preset, config.image_size, config.select_by, config.num_workers, config.weights) == (
+        "native", 96, "val_auc", 1, "none")
+    original = TrainConfig(**{k.replace("-", "_"): v for k, v in
+                              vars(parse(["--data", "d", "--output", "o", "--preset", "baseline"])).items()})
+    assert (original.lr, original.optimizer, original.batch_size, original.epochs, original.image_size,
+            original.schedule, original.label_smoothing, original.crops_per_image, original.select_by) == (
+        0.003, "adam", 32, 10, 224, "constant", 0.0, 1, "val_accuracy")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -240,15 +246,33 @@ def test_unreadable_files_become_weightless_samples_with_a_reason(tmp_path):
     assert "limit" in LabelledImages([(str(big), REAL)], preset.eval_transform, preset, 10_000)[0][3]
 
 
+def test_crops_per_image_draws_each_sample_that_many_times_with_its_own_index(tmp_path):
+    from detector.presets import get_preset
+    from jobs.train_data import LabelledImages
+
+    paths = [tmp_path / f"{i}.png" for i in range(2)]
+    for i, p in enumerate(paths):
+        p.write_bytes(image_bytes(bool(i), i, size=64))
+    preset = get_preset("native", image_size=16)
+    images = LabelledImages([(str(p), i) for i, p in enumerate(paths)], preset.train_transform, preset,
+                            max_pixels=10_000, repeats=3)
+    drawn = [images[i] for i in range(len(images))]
+    assert len(images) == 6
+    assert [(label, index) for _, label, index, _ in drawn] == [(0, 0), (1, 1)] * 3
+    crops = [x for x, label, _, _ in drawn if label == 0]  # random 16 px crops of one 64 px image
+    assert not all(torch.equal(crops[0], c) for c in crops[1:])
+
+
 def test_each_preset_brings_its_recipe_and_flags_override_it():
     parse = get_args_parser().parse_args
     native = TrainConfig(**{k.replace("-", "_"): v for k, v in
                             vars(parse(["--data", "d", "--output", "o", "--preset", "native"])).items()})
     assert (native.optimizer, native.schedule, native.image_size) == ("adamw", "cosine", 96)
-    assert native.eval_size > native.image_size and native.label_smoothing > 0
+    assert native.eval_size > native.image_size and native.label_smoothing > 0 and native.crops_per_image > 1
     tuned = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(parse(
         ["--data", "d", "--output", "o", "--preset", "baseline", "--lr", "0.01", "--optimizer", "adamw"])).items()})
-    assert (tuned.lr, tuned.optimizer, tuned.epochs, tuned.image_size) == (0.01, "adamw", 10, 224)
+    assert (tuned.lr, tuned.optimizer, tuned.epochs, tuned.image_size, tuned.crops_per_image) == (
+        0.01, "adamw", 10, 224, 1)
     with pytest.raises(ValueError, match="--eval-size is for --preset native"):
         TrainConfig(data="d", output="o", preset="baseline", eval_size=256)
 
