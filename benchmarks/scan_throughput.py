@@ -7,16 +7,18 @@ them), same threads, in one run:
 2. the original project's way: one image at a time, PIL open, Resize 224, forward,
    backward-pass Grad-CAM through hooks, heat-map overlay written as an image;
 3. pytorch-grad-cam's GradCAM, batched, plus overlays written as images;
-4. the genscan scan job end to end (local Ray, local folder): list, fetch, decode,
-   score, closed-form heat map, thumbnail, Parquet written and published; the input is
-   a manifest of exactly the N files (asserted: listed == scored == N);
-and the scan job with the default training preset at its own input size (the native
-preset's recipe while jobs.train defaults to baseline, which is row 4).
+4. the genscan scan job end to end (local folder): list, fetch, decode, score,
+   closed-form heat map, thumbnail, Parquet written and published; the input is a
+   manifest of exactly the N files (asserted: listed == scored == N). ``genscan_scan``
+   is jobs.scan as a user runs it (``--executor auto``: in the driver process up to
+   ``jobs.scan_local.LOCAL_MAX_OBJECTS`` images, Ray Data above); ``genscan_scan_ray``
+   forces the Ray Data pipeline (local Ray) on the same N;
+and the scan job (auto) with jobs.train's default preset at its own input size.
 
 Ray is started before timing (a one-off per cluster, outside ``jobs.scan.run``). Each
 scan row is preceded by a warm-up scan of ``--warmup`` images; ``genscan_scan`` is the
-N-image scan's end-to-end rate (its fixed cost included: Ray Data planning, actor start,
-model load, publishing) and ``genscan_scan_steady`` its rate after the first batch
+N-image scan's end-to-end rate (its fixed cost included: model load, publishing and, on
+Ray Data, planning and worker start) and ``genscan_scan_steady`` its rate after the first batch
 (from the report's per-batch ``scanned_at`` stamps): the throughput of a long scan.
 
     .venv/bin/python benchmarks/scan_throughput.py --images 128
@@ -45,6 +47,7 @@ from benchmarks.common import start_ray, input_images, json_line, machine, print
 from detector.checkpoint import save_checkpoint  # noqa: E402
 from detector.model import FAKE, build_model  # noqa: E402
 from detector.presets import get_preset  # noqa: E402
+from jobs.scan_local import LOCAL_MAX_OBJECTS  # noqa: E402
 
 
 def forward_only(model, files, preset, batch_size, device) -> float:
@@ -132,7 +135,7 @@ def write_manifest(files: list[Path], path: Path) -> Path:
     return path
 
 
-def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int) -> tuple[float, object]:
+def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int, executor: str) -> tuple[float, object]:
     """The scan job end to end (``jobs.scan.run``) on the already started local Ray:
     (wall seconds, summary). Checks every one of the ``n`` images came back scored."""
     from jobs.scan import ScanConfig, run
@@ -145,6 +148,7 @@ def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int) -
         concurrency=args.concurrency,
         cpus_per_scorer=args.cpus_per_scorer,
         use_gpu=args.use_gpu,
+        executor=executor,
     )
     summary, secs = timed(run, config)
     assert summary.listed == n, f"the scan listed {summary.listed} images, expected {n}: {summary}"
@@ -168,18 +172,21 @@ def in_scan_rate(report: str) -> float:
     return (len(stamps) - counts[0]["counts"]) / seconds if seconds > 0 else float("nan")
 
 
-def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args) -> list[tuple[str, float]]:
+def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
+              executor: str = "auto") -> list[tuple[str, float]]:
     """A warm-up scan of ``args.warmup`` images, then the scan of all N. Rows: the N-image
     scan's end-to-end rate (Ray already started; actor start, model load, planning and
     publishing included) and its steady rate: images/s after its first batch, from the
     batch time stamps in its report (``in_scan_rate``). Also printed: the marginal rate
     (N - w) / (T(N) - T(w)) against the warm-up scan, which is noisy on a busy machine."""
     w = min(args.warmup, len(files) - 1)
-    t_w, _ = genscan_scan(model_dir, write_manifest(files[:w], tmp / f"{label}-warmup.csv"), tmp / f"{label}-warmup", args, w)
-    t_n, summary = genscan_scan(model_dir, write_manifest(files, tmp / f"{label}.csv"), tmp / label, args, len(files))
+    t_w, _ = genscan_scan(model_dir, write_manifest(files[:w], tmp / f"{label}-warmup.csv"), tmp / f"{label}-warmup",
+                          args, w, executor)
+    t_n, summary = genscan_scan(model_dir, write_manifest(files, tmp / f"{label}.csv"), tmp / label, args, len(files),
+                                executor)
     steady = in_scan_rate(summary.report)
     marginal = (len(files) - w) / (t_n - t_w) if t_n > t_w else float("nan")
-    print(f"  {label}: warm-up {w} images {t_w:.1f} s, {len(files)} images {t_n:.1f} s "
+    print(f"  {label} (--executor {executor} -> {summary.executor}): warm-up {w} images {t_w:.1f} s, {len(files)} images {t_n:.1f} s "
           f"({len(files) / t_n:.2f} img/s end to end, {steady:.2f} img/s after the first batch, "
           f"marginal against the warm-up {marginal:.2f} img/s)", flush=True)
     return [(label, len(files) / t_n), (label + "_steady", steady)]
@@ -236,7 +243,9 @@ def main(argv=None) -> None:
         # also runs Ray's workers at nice 0 like the rows above.
         _, ray_start = timed(start_ray, args.threads)
         print(f"  Ray start-up: {ray_start:.1f} s (once per cluster; not in the scan rows)", flush=True)
+        # jobs.scan's default --executor auto: in the driver up to LOCAL_MAX_OBJECTS images, else Ray Data
         rows += scan_rows("genscan_scan", tmp / "model-baseline", files, tmp, args)
+        rows += scan_rows("genscan_scan_ray", tmp / "model-baseline", files, tmp, args, executor="ray")
         name = f"genscan_scan_{default.name}_{default.input_size}"
         rows += scan_rows(name, tmp / "model-default", files, tmp, args)
 
@@ -254,6 +263,9 @@ def main(argv=None) -> None:
         "gradcam_lib_img_s": r["gradcam_lib"],
         "genscan_scan_img_s": r["genscan_scan"],
         "genscan_scan_steady_img_s": r["genscan_scan_steady"],
+        "genscan_scan_executor": "local" if len(files) <= LOCAL_MAX_OBJECTS and not args.use_gpu else "ray",
+        "genscan_scan_ray_img_s": r["genscan_scan_ray"],
+        "genscan_scan_ray_steady_img_s": r["genscan_scan_ray_steady"],
         "genscan_scan_default_preset_img_s": r[name],
         "genscan_scan_default_preset_steady_img_s": r[name + "_steady"],
         "ray_start_s": ray_start,
@@ -261,6 +273,8 @@ def main(argv=None) -> None:
         "scan_vs_forward": r["genscan_scan"] / r["forward_only"],
         "steady_vs_seed": r["genscan_scan_steady"] / r["seed_loop"] if "seed_loop" in r else None,
         "steady_vs_forward": r["genscan_scan_steady"] / r["forward_only"],
+        "ray_scan_vs_forward": r["genscan_scan_ray"] / r["forward_only"],
+        "ray_steady_vs_forward": r["genscan_scan_ray_steady"] / r["forward_only"],
     }))
 
 

@@ -188,10 +188,16 @@ def _checked_file(path: str | Path) -> Path:
 
 
 def _is_pickle(f: Path) -> bool:
+    """Starts like a pickle or torch zip archive and is not a safetensors file (whose first
+    8 bytes are its header's length: a length whose low byte is 0x80 looks like pickle's
+    magic, so the safetensors layout is checked first)."""
     if not f.is_file():
         return False
     with f.open("rb") as fh:
-        return fh.read(4).startswith(_PICKLE_MAGIC)
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= f.stat().st_size - 8:
+        return False
+    return head.startswith(_PICKLE_MAGIC)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

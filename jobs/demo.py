@@ -172,15 +172,17 @@ def _run_steps(config: DemoConfig, work: Path, start: float) -> None:
           f"threshold {record['threshold']:.3f}, model {record['model_version']}", flush=True)
     _maybe_fail(config, "train")
 
-    _step(4, f"scan: jobs.scan --input {UPLOADS} --model {MODEL} --output {SCANS}")
-    first = scan.run(ScanConfig(input=UPLOADS, model=MODEL, output=SCANS))
+    # The demo shows the Ray Data pipeline: scans this small would otherwise run in the
+    # driver (--executor auto scores up to jobs.scan_local.LOCAL_MAX_OBJECTS there).
+    _step(4, f"scan: jobs.scan --input {UPLOADS} --model {MODEL} --output {SCANS} --executor ray")
+    first = scan.run(ScanConfig(input=UPLOADS, model=MODEL, output=SCANS, executor="ray"))
     print(first.line(), flush=True)
     _maybe_fail(config, "scan")
 
     _step(5, "new uploads, then the same scan with --mode incremental")
     make_samples(UPLOADS, config.added, seed=1, size=config.size, start=config.uploads)
     print(f"added {2 * config.added} images to {UPLOADS}", flush=True)
-    second = scan.run(ScanConfig(input=UPLOADS, model=MODEL, output=SCANS, mode="incremental"))
+    second = scan.run(ScanConfig(input=UPLOADS, model=MODEL, output=SCANS, mode="incremental", executor="ray"))
     print(second.line(), flush=True)
     new = second.scored + second.errors
     if new != 2 * config.added or second.skipped != first.listed:

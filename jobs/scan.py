@@ -15,7 +15,10 @@ scans scored (jobs.incremental, --mode incremental) -> ``fetch_and_prepare`` tas
 (fetch, decode, preprocess; failures become error rows) -> ``Scorer`` actors (the
 model loaded once per actor; score and closed-form Grad-CAM in one forward pass;
 thumbnails) -> Parquet under a staging prefix -> published with a marker written last
-(jobs.report_store). Report columns: jobs.schema.
+(jobs.report_store). Report columns: jobs.schema. Scans of at most
+``jobs.scan_local.LOCAL_MAX_OBJECTS`` objects run the same stages in the driver process
+(``--executor auto``, the default; ``ray`` or ``local`` to choose): starting Ray Data's
+worker processes costs more than scoring a few hundred images.
 
 The listing is held on the driver as Arrow tables (about 150 bytes per object, 1e6
 objects ~ 150 MB) and handed to Ray Data as blocks. For 1e8 objects and more, list
@@ -46,10 +49,12 @@ from jobs import report_store, storage
 from jobs.incremental import ScoredIndex
 from jobs.listing import list_input
 from jobs.runtime import Progress, ensure_ray
+from jobs.scan_local import LOCAL_MAX_OBJECTS, score_locally, write_tables
 from jobs.scoring import FETCH_CPUS, THUMBNAIL_MODES, score_dataset
 
 SCAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MODES = ("full", "incremental")
+EXECUTORS = ("auto", "ray", "local")
 # Listing rows per Ray Data input block: one fetch task each.
 MAX_BLOCK_ROWS = 256
 
@@ -71,6 +76,7 @@ class ScanConfig:
     max_bytes: int = 64 * 1024 * 1024
     scan_id: str | None = None  # None: generated from the start time
     rows_per_file: int = 5000
+    executor: str = "auto"  # auto: in the driver up to LOCAL_MAX_OBJECTS objects (jobs.scan_local), else Ray Data
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -93,12 +99,14 @@ class ScanSummary:
     report: str  # the report folder of this scan
     marker: str  # its _scans/<id>.json
     files: tuple[str, ...]
+    executor: str = "ray"  # where it was scored: "ray" (Ray Data) or "local" (this process)
 
     def line(self) -> str:
         return (
             f"scan {self.scan_id}: listed {self.listed}, skipped {self.skipped}, scored {self.scored}, "
             f"flagged {self.flagged}, errors {self.errors} in {self.seconds:.1f} s "
-            f"({self.images_per_s:.1f} images/s); report {self.report} ({len(self.files)} files, marker {self.marker})"
+            f"({self.images_per_s:.1f} images/s, {self.executor}); report {self.report} ({len(self.files)} files, "
+            f"marker {self.marker})"
         )
 
 
@@ -116,6 +124,8 @@ def validate(c: ScanConfig) -> list[str]:
         p.append(f"--cpus-per-scorer must be positive, got {c.cpus_per_scorer}")
     if c.mode not in MODES:
         p.append(f"--mode must be one of {', '.join(MODES)}, got {c.mode!r}")
+    if c.executor not in EXECUTORS:
+        p.append(f"--executor must be one of {', '.join(EXECUTORS)}, got {c.executor!r}")
     if c.thumbnails not in THUMBNAIL_MODES:
         p.append(f"--thumbnails must be one of {', '.join(THUMBNAIL_MODES)}, got {c.thumbnails!r}")
     if c.scan_id is not None and not SCAN_ID_PATTERN.match(c.scan_id):
@@ -141,6 +151,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int, default=d["max_bytes"].default, help="larger objects are error rows, not downloaded (default %(default)s)")
     p.add_argument("--scan-id", default=None, help="name of this scan (default: start time + random suffix); re-running an id replaces that scan")
     p.add_argument("--rows-per-file", type=int, default=d["rows_per_file"].default, help="Parquet rows per file (default %(default)s)")
+    p.add_argument("--executor", choices=EXECUTORS, default=d["executor"].default,
+                   help=f"ray: a Ray Data pipeline (scales out; ~13 s to start on 2 cores); local: fetch and score in this "
+                        f"process; auto (default): local up to {LOCAL_MAX_OBJECTS} objects (GPU scans: ray)")
     return p
 
 
@@ -151,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
         config = ScanConfig(**vars(args))
     except ValueError as e:
         parser.error(str(e))
-    ensure_ray()
     try:
         summary = run(config)
     except (FileNotFoundError, DetectorError, ValueError) as e:
@@ -162,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: ScanConfig) -> ScanSummary:
-    """Scan, write and publish one report; returns its summary. Needs Ray initialised
-    (or lets Ray Data start a local one)."""
+    """Scan, write and publish one report; returns its summary. The Ray Data path joins
+    the Ray cluster (``ray.init()``: RAY_ADDRESS, or a local Ray) unless Ray is initialised."""
     import ray
 
     start = time.monotonic()
@@ -171,12 +183,21 @@ def run(config: ScanConfig) -> ScanSummary:
     scan_id = config.scan_id or f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     loc = report_store.ScanLocation(config.output, scan_id, started_at.date())
     checkpoint, model_version, threshold, preset = _load_model(config)
-    _check_resources(config, ray.cluster_resources())
 
     blocks, listed, skipped = _list(config, scan_id, model_version)
     report_store.clear_staging_data(loc)
     rows = sum(b.num_rows for b in blocks)
-    if rows:
+    executor = choose_executor(config, rows)
+    if rows and executor == "local":
+        tables = score_locally(
+            blocks, checkpoint=checkpoint, preset=preset, threshold=threshold, thumbnails=config.thumbnails,
+            batch_size=config.batch_size, use_gpu=config.use_gpu, max_pixels=config.max_pixels,
+            max_bytes=config.max_bytes,
+        )
+        write_tables(tables, loc, rows_per_file=config.rows_per_file)
+    elif rows:
+        ensure_ray()
+        _check_resources(config, ray.cluster_resources())
         block_rows = max(1, min(MAX_BLOCK_ROWS, math.ceil(rows / 16)))  # >= 16 fetch tasks when it can
         ds = ray.data.from_arrow([b.slice(i, block_rows) for b in blocks for i in range(0, b.num_rows, block_rows)])
         ds = score_dataset(
@@ -191,7 +212,7 @@ def run(config: ScanConfig) -> ScanSummary:
         raise RuntimeError(f"scan {scan_id}: {rows} objects went in but {counts['rows']} rows were written; not published")
     seconds = time.monotonic() - start
     record = {
-        "model_version": model_version, "threshold": threshold, "mode": config.mode,
+        "model_version": model_version, "threshold": threshold, "mode": config.mode, "executor": executor,
         "input": config.input, "manifest": config.manifest, "listed": listed, "skipped": skipped, **counts,
         "started_at": started_at.isoformat(), "published_at": datetime.now(timezone.utc).isoformat(),
         "config": asdict(config),
@@ -201,8 +222,16 @@ def run(config: ScanConfig) -> ScanSummary:
         scan_id=scan_id, scan_date=loc.scan_date.isoformat(), listed=listed, skipped=skipped,
         scored=counts["scored"], flagged=counts["flagged"], errors=counts["errors"],
         seconds=seconds, images_per_s=counts["rows"] / max(seconds, 1e-9), model_version=model_version,
-        report=loc.report_uri, marker=loc.marker_uri, files=tuple(marker["files"]),
+        report=loc.report_uri, marker=loc.marker_uri, files=tuple(marker["files"]), executor=executor,
     )
+
+
+def choose_executor(config: ScanConfig, objects: int) -> str:
+    """``config.executor``, with ``auto`` resolved: the driver for scans of at most
+    ``LOCAL_MAX_OBJECTS`` objects on CPU, Ray Data otherwise."""
+    if config.executor != "auto":
+        return config.executor
+    return "local" if objects <= LOCAL_MAX_OBJECTS and not config.use_gpu else "ray"
 
 
 def _check_resources(config: ScanConfig, resources: dict) -> None:

@@ -284,7 +284,7 @@ def test_scan_survives_losing_a_worker_node(tmp_path):
             "--no-wait", "--working-dir", ".",
             "--", "python", "-m", "jobs.scan", "--input", str(tmp_path / "images"), "--model", str(model),
             "--output", str(output), "--scan-id", SCAN_ID, "--batch-size", "8", "--concurrency", "1",
-            "--cpus-per-scorer", "0.25", "--rows-per-file", "50",
+            "--cpus-per-scorer", "0.25", "--rows-per-file", "50", "--executor", "ray",
         ]
         # The job API can answer before the head's job agent takes jobs: retry the same id.
         client = JobSubmissionClient(head.address)

@@ -69,6 +69,22 @@ def test_a_pickle_payload_is_refused_and_never_runs(tmp_path, name):
     assert not marker.exists()
 
 
+def test_a_safetensors_header_length_that_starts_like_a_pickle_still_loads(tmp_path):
+    """A safetensors file begins with its header's length, little-endian: one whose low
+    byte is 0x80 (pickle's first byte) once made jobs.train refuse its own checkpoint."""
+    from safetensors.torch import save_file
+
+    from detector.checkpoint import read_state_dict
+
+    f = tmp_path / "w.safetensors"
+    for pad in range(512):
+        save_file({"w": torch.arange(3.0)}, str(f), metadata={"pad": "x" * pad})
+        if f.read_bytes()[:1] == b"\x80":
+            break
+    assert f.read_bytes()[:1] == b"\x80"
+    assert torch.equal(read_state_dict(f)["w"], torch.arange(3.0))
+
+
 def test_plain_state_dict_initialises_the_backbone(model, tmp_path):
     f = tmp_path / "resnet18.pt"
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}

@@ -21,3 +21,11 @@ def ray_local():
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def scans_use_ray_data(monkeypatch):
+    """Scans in these tests take the Ray Data path whatever their size (``--executor
+    auto`` would score small ones in the driver); tests/jobs/test_scan_local.py runs the
+    local path by asking for it."""
+    monkeypatch.setattr("jobs.scan.LOCAL_MAX_OBJECTS", 0)

@@ -164,7 +164,7 @@ def test_driver_killed_then_the_scan_id_rerun(data, tmp_path):
     uris = {str(p) for p in (root / "input").rglob("*.jpg")}
     out = tmp_path / "out"
     argv = ["--input", str(root / "input"), "--model", str(model), "--output", str(out), "--scan-id", "killed",
-            "--batch-size", "2", "--rows-per-file", "4", "--thumbnails", "none"]
+            "--batch-size", "2", "--rows-per-file", "4", "--thumbnails", "none", "--executor", "ray"]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "disabled"}
     with open(tmp_path / "driver.log", "wb") as log:
         driver = subprocess.Popen([sys.executable, "-m", "jobs.scan", *argv], cwd=REPO, env=env, stdout=log,

@@ -213,7 +213,7 @@ def test_ray_job_submit_to_a_local_head_node(buckets, s3):
             str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head.address,
             "--working-dir", ".",  # as documented; Ray leaves out what .gitignore names (.venv)
             "--", "python", "-m", "jobs.scan", "--input", prefix, "--model", buckets["model"],
-            "--output", output, "--scan-id", "submitted-1", "--batch-size", "4",
+            "--output", output, "--scan-id", "submitted-1", "--batch-size", "4", "--executor", "ray",
         ]
         done = subprocess.run(submit, env=head.env, capture_output=True, text=True, timeout=300, cwd=REPO)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
