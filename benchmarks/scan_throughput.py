@@ -47,7 +47,6 @@ from benchmarks.common import start_ray, input_images, json_line, machine, print
 from detector.checkpoint import save_checkpoint  # noqa: E402
 from detector.model import FAKE, build_model  # noqa: E402
 from detector.presets import get_preset  # noqa: E402
-from jobs.scan_local import LOCAL_MAX_OBJECTS  # noqa: E402
 
 
 def forward_only(model, files, preset, batch_size, device) -> float:
@@ -173,12 +172,13 @@ def in_scan_rate(report: str) -> float:
 
 
 def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
-              executor: str = "auto") -> list[tuple[str, float]]:
+              executor: str = "auto") -> tuple[list[tuple[str, float]], str]:
     """A warm-up scan of ``args.warmup`` images, then the scan of all N. Rows: the N-image
     scan's end-to-end rate (Ray already started; actor start, model load, planning and
     publishing included) and its steady rate: images/s after its first batch, from the
     batch time stamps in its report (``in_scan_rate``). Also printed: the marginal rate
-    (N - w) / (T(N) - T(w)) against the warm-up scan, which is noisy on a busy machine."""
+    (N - w) / (T(N) - T(w)) against the warm-up scan, which is noisy on a busy machine.
+    Also returns the executor the scan ran on (``--executor auto`` picks one)."""
     w = min(args.warmup, len(files) - 1)
     t_w, _ = genscan_scan(model_dir, write_manifest(files[:w], tmp / f"{label}-warmup.csv"), tmp / f"{label}-warmup",
                           args, w, executor)
@@ -189,7 +189,7 @@ def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
     print(f"  {label} (--executor {executor} -> {summary.executor}): warm-up {w} images {t_w:.1f} s, {len(files)} images {t_n:.1f} s "
           f"({len(files) / t_n:.2f} img/s end to end, {steady:.2f} img/s after the first batch, "
           f"marginal against the warm-up {marginal:.2f} img/s)", flush=True)
-    return [(label, len(files) / t_n), (label + "_steady", steady)]
+    return [(label, len(files) / t_n), (label + "_steady", steady)], summary.executor
 
 
 def main(argv=None) -> None:
@@ -244,10 +244,11 @@ def main(argv=None) -> None:
         _, ray_start = timed(start_ray, args.threads)
         print(f"  Ray start-up: {ray_start:.1f} s (once per cluster; not in the scan rows)", flush=True)
         # jobs.scan's default --executor auto: in the driver up to LOCAL_MAX_OBJECTS images, else Ray Data
-        rows += scan_rows("genscan_scan", tmp / "model-baseline", files, tmp, args)
-        rows += scan_rows("genscan_scan_ray", tmp / "model-baseline", files, tmp, args, executor="ray")
+        scan, scan_executor = scan_rows("genscan_scan", tmp / "model-baseline", files, tmp, args)
+        rows += scan
+        rows += scan_rows("genscan_scan_ray", tmp / "model-baseline", files, tmp, args, executor="ray")[0]
         name = f"genscan_scan_{default.name}_{default.input_size}"
-        rows += scan_rows(name, tmp / "model-default", files, tmp, args)
+        rows += scan_rows(name, tmp / "model-default", files, tmp, args)[0]
 
     print_table(rows, "seed_loop", "forward_only")
     r = dict(rows)
@@ -263,7 +264,7 @@ def main(argv=None) -> None:
         "gradcam_lib_img_s": r["gradcam_lib"],
         "genscan_scan_img_s": r["genscan_scan"],
         "genscan_scan_steady_img_s": r["genscan_scan_steady"],
-        "genscan_scan_executor": "local" if len(files) <= LOCAL_MAX_OBJECTS and not args.use_gpu else "ray",
+        "genscan_scan_executor": scan_executor,
         "genscan_scan_ray_img_s": r["genscan_scan_ray"],
         "genscan_scan_ray_steady_img_s": r["genscan_scan_ray_steady"],
         "genscan_scan_default_preset_img_s": r[name],

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.exceptions as botocore_errors
+import tenacity
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -29,6 +31,11 @@ _CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_T
 _MISSING = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
 _DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                      "ExpiredToken", "InvalidToken"})
+# Status codes and error codes that say "try again" (as botocore's standard mode counts them).
+_TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                              "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                              "TooManyRequestsException", "PriorRequestNotComplete"})
+TRANSIENT_RETRY_S = 60.0  # how long one object's read or write keeps retrying an outage
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
 T = TypeVar("T")
@@ -107,6 +114,38 @@ def errors_explained(uri: str, bucket: str) -> Iterator[None]:
             f"no AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
             "(or AWS_PROFILE, or run with an instance/pod role)"
         ) from exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server or the network failed for now: refused or dropped
+    connections, timeouts, a body cut short, 5xx and throttling answers."""
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or status == 429 or code in _TRANSIENT_CODES
+    if isinstance(exc, botocore_errors.SSLError):  # a certificate problem stays a problem
+        return False
+    return isinstance(exc, (botocore_errors.ConnectionError, botocore_errors.HTTPClientError,
+                            botocore_errors.IncompleteReadError))
+
+
+def retried(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``function(*args, **kwargs)``, called again on transient S3 errors for up to
+    TRANSIENT_RETRY_S seconds (exponential backoff from 0.25 s, capped at 8 s, plus up to
+    1 s of jitter so that many threads do not retry in step).
+
+    botocore retries each request too, but not a body cut short while it is read, and its
+    retry quota (500 tokens per client, 5 per retry) is shared by every thread of the
+    process: during an outage a few hundred failed requests drain it and from then on
+    every request fails at once. This loop sits above both.
+    """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.25, max=8.0),
+        stop=tenacity.stop_after_delay(TRANSIENT_RETRY_S),
+        reraise=True,
+    )
+    return retrying(function, *args, **kwargs)
 
 
 def is_missing(exc: ClientError) -> bool:

@@ -18,7 +18,6 @@ made on the fly (JPEG re-compression, 0.5x downscale, centre crop), with the AUC
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import posixpath

@@ -127,11 +127,18 @@ def read_bytes(uri: Uri, *, max_bytes: int | None = None) -> bytes:
             _check_size(uri, os.fstat(file.fileno()).st_size, max_bytes)
             return file.read()
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+
+    def get() -> bytes:
         answer = _s3.client().get_object(Bucket=bucket, Key=key)
-        with answer["Body"] as body:  # closed unread, it drops one connection, no more
+        body = answer["Body"]  # its read() checks the length; `with body` would yield the raw stream
+        try:
             _check_size(uri, answer["ContentLength"], max_bytes)
             return body.read()
+        finally:
+            body.close()  # closed unread, it drops one connection, no more
+
+    with _s3.errors_explained(str(uri), bucket):
+        return _s3.retried(get)
 
 
 def write_bytes(uri: Uri, data: bytes) -> None:
@@ -141,7 +148,7 @@ def write_bytes(uri: Uri, data: bytes) -> None:
         return
     bucket, key = split_s3_uri(str(uri))
     with _s3.errors_explained(str(uri), bucket):
-        _s3.client().put_object(Bucket=bucket, Key=key, Body=data)
+        _s3.retried(_s3.client().put_object, Bucket=bucket, Key=key, Body=data)
 
 
 def exists(uri: Uri) -> bool:

@@ -4,7 +4,8 @@ row and that the counts say so:
 - a scoring actor's process SIGKILLed mid-scan (Ray Data restarts the actor and retries
   its batch: map_batches' actors default to max_restarts=-1, max_task_retries=-1);
 - the S3 server stopped and restarted mid-scan on the same data, ports and credentials
-  (boto3 and pyarrow retry with backoff; the scan then succeeds with no error rows);
+  (jobs.storage, boto3 and pyarrow retry with backoff; the scan then succeeds with no
+  error rows);
 - the scan driver (``python -m jobs.scan``) SIGKILLed once staging has begun, then the
   same --scan-id re-run: nothing of the killed attempt is visible, the re-run is whole.
 
@@ -30,9 +31,8 @@ import ray
 from PIL import Image
 
 from jobs import report_store, storage
-from jobs.s3_server import SeaweedS3Server
 from jobs.scan import ScanConfig, main, run
-from tests.conftest import use_s3_server
+from tests.jobs.conftest import s3_server_before_ray
 from tests.jobs.test_scan import save_model
 
 pytestmark = pytest.mark.slow
@@ -49,17 +49,9 @@ def jpeg(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory, request):
-    """This module's own S3 server (the fault test restarts it), its AWS_* set before the
-    module's Ray starts so that Ray's workers inherit them."""
-    server = SeaweedS3Server(tmp_path_factory.mktemp("weed")).start()
-    patch = pytest.MonkeyPatch()
-    try:
-        use_s3_server(server, patch)
-        request.getfixturevalue("ray_local")
+    """This module's own S3 server: the fault test restarts it."""
+    with s3_server_before_ray(tmp_path_factory.mktemp("weed"), request) as server:
         yield server
-    finally:
-        patch.undo()
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +106,8 @@ def assert_one_row_per_image(output: str, scan_id: str, uris: set[str], summary=
     rows = report_store.open_reports(output).to_table(filter=None).to_pylist()
     mine = [r for r in rows if r["scan_id"] == scan_id]
     assert len(mine) == len(uris) and {r["uri"] for r in mine} == uris  # nothing lost, nothing twice
-    assert all(r["error"] is None and r["score"] is not None for r in mine)
+    failed = [(r["uri"], r["error"]) for r in mine if r["error"] is not None or r["score"] is None]
+    assert not failed, f"rows not scored: {failed}"
     [marker] = [m for m in report_store.published_scans(output) if m["scan_id"] == scan_id]
     assert (marker["listed"], marker["rows"], marker["scored"], marker["errors"]) == (len(uris), len(uris), len(uris), 0)
     if summary is not None:

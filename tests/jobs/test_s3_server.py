@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -150,6 +151,52 @@ def test_a_second_server_runs_beside_and_stops_without_leftovers(
     assert not data_dir.exists()
     assert not [p for p in ports.values() if glob.glob(f"/tmp/seaweedfs-*-grpc-{p}.sock")]
     server.stop()  # twice is harmless
+
+
+def test_reads_and_writes_ride_out_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Eight threads share the process's client, as a fetch task's threads do. Before
+    # jobs.storage retried above botocore, their failed requests drained botocore's retry
+    # quota within a second of the outage and thousands of reads failed at once.
+    with SeaweedS3Server() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        bucket = server.create_bucket(f"t-{uuid.uuid4().hex[:16]}")
+        data = os.urandom(100_000)
+        uris = [f"{bucket}/k{i:02d}.jpg" for i in range(24)]
+        for uri in uris:
+            storage.write_bytes(uri, data)
+        failures: list[str] = []
+        reads = [0]
+        done = threading.Event()
+
+        def keep_reading(start: int) -> None:
+            i = start
+            while not done.is_set():
+                try:
+                    assert storage.read_bytes(uris[i % len(uris)]) == data
+                    reads[0] += 1
+                except Exception as e:  # noqa: BLE001 (what the test counts)
+                    failures.append(f"{type(e).__name__}: {e}")
+                i += 1
+
+        threads = [threading.Thread(target=keep_reading, args=(j,)) for j in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)
+            server.restart(down_s=3)
+            before = reads[0]
+            storage.write_bytes(f"{bucket}/after-restart.bin", b"x")
+            deadline = time.monotonic() + 60
+            while reads[0] < before + 50 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            done.set()
+            for thread in threads:
+                thread.join()
+        assert not failures, f"{len(failures)} failed, e.g. {failures[:3]}"
+        assert reads[0] >= before + 50, "reads did not resume after the restart"
+        assert storage.read_bytes(f"{bucket}/after-restart.bin") == b"x"
 
 
 def test_startup_failure_shows_the_log(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_bucket_to_bucket_with_a_corrupt_object(buckets):
     fs, path = storage.pyarrow_filesystem(output)
     table = ds.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning()).to_table()
     assert table.num_rows == 6
-    published = report_store.open_reports(output)
+    published = report_store.open_reports(output)  # noqa: F841 (DuckDB reads the variable by name)
     [(fakes,)] = duckdb.connect().sql("SELECT count(*) FROM published WHERE label = 'fake'").fetchall()
     assert fakes == summary.flagged
     # An incremental scan of the same objects retries only the failed one.

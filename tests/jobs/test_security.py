@@ -34,11 +34,10 @@ import torch
 from PIL import Image
 
 from jobs import report_store, storage
-from jobs.s3_server import SeaweedS3Server
 from jobs import scan as scan_job
 from jobs.scan import main
 from tests.jobs.test_s3_server import _listening
-from tests.conftest import use_s3_server
+from tests.jobs.conftest import s3_server_before_ray
 from tests.jobs.test_scan import save_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")]
@@ -58,15 +57,9 @@ def jpeg(seed: int) -> bytes:
 def s3(tmp_path_factory, request):
     """This module's S3 server with recognisable credentials, set in AWS_* before the
     module's Ray starts (its workers inherit them, as on a cluster's nodes)."""
-    server = SeaweedS3Server(tmp_path_factory.mktemp("weed"), access_key=ACCESS_KEY, secret_key=SECRET_KEY).start()
-    patch = pytest.MonkeyPatch()
-    try:
-        use_s3_server(server, patch)
-        request.getfixturevalue("ray_local")
+    with s3_server_before_ray(tmp_path_factory.mktemp("weed"), request,
+                              access_key=ACCESS_KEY, secret_key=SECRET_KEY) as server:
         yield server
-    finally:
-        patch.undo()
-        server.stop()
 
 
 # -- a malicious checkpoint -------------------------------------------------------------

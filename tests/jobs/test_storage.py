@@ -191,6 +191,25 @@ def test_s3_client_is_cached_per_process_and_environment(monkeypatch: pytest.Mon
     assert storage.s3_client() is not client
 
 
+def test_transient_s3_errors_are_told_from_lasting_ones() -> None:
+    from botocore import exceptions as e
+
+    from jobs import _storage_s3
+
+    def answer(status: int, code: str) -> e.ClientError:
+        return e.ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    transient = [answer(500, "InternalError"), answer(503, "SlowDown"), answer(429, "x"), answer(400, "RequestTimeout"),
+                 e.EndpointConnectionError(endpoint_url="http://h"), e.ConnectionClosedError(endpoint_url="http://h"),
+                 e.ReadTimeoutError(endpoint_url="http://h"), e.ResponseStreamingError(error="reset"),
+                 e.IncompleteReadError(actual_bytes=1, expected_bytes=2)]
+    lasting = [answer(404, "NoSuchKey"), answer(403, "AccessDenied"), answer(400, "InvalidBucketName"),
+               e.SSLError(endpoint_url="http://h", error="bad certificate"), e.NoCredentialsError(),
+               ValueError("over max_bytes"), OSError("disk")]
+    assert [_storage_s3.is_transient(x) for x in transient] == [True] * len(transient)
+    assert [_storage_s3.is_transient(x) for x in lasting] == [False] * len(lasting)
+
+
 # --- S3 behaviour on moto ---------------------------------------------------------------
 
 
@@ -256,6 +275,34 @@ def test_s3_read_write_exists(bucket: str) -> None:
     assert not storage.exists(f"{bucket}/di") and not storage.exists(f"{bucket}/dir/x")
     assert not storage.exists("s3://no-such-bucket-here")
     assert not storage.exists("s3://no-such-bucket-here/k")
+
+
+def test_s3_read_retries_a_body_cut_short_but_not_a_missing_key(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ResponseStreamingError
+
+    storage.write_bytes(f"{bucket}/x.bin", b"123456")
+    real = storage.s3_client()
+    calls: list[str] = []
+
+    class Flaky:  # the cached client, whose first two bodies break off while read
+        def get_object(self, **kwargs: object) -> dict:
+            calls.append(str(kwargs["Key"]))
+            answer = real.get_object(**kwargs)
+            if len(calls) <= 2 and kwargs["Key"] == "x.bin":
+                def cut(*_: object) -> bytes:
+                    raise ResponseStreamingError(error="Connection reset by peer")
+                answer["Body"].read = cut
+            return answer
+
+    from jobs import _storage_s3
+
+    monkeypatch.setattr(_storage_s3, "client", Flaky)
+    assert storage.read_bytes(f"{bucket}/x.bin") == b"123456" and calls == ["x.bin"] * 3
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.read_bytes(f"{bucket}/nope")
+    assert calls[3:] == ["nope"]  # a missing key is asked for once
 
 
 def test_s3_delete_prefix_stops_at_the_folder(bucket: str) -> None:
