@@ -156,7 +156,7 @@ def is_missing(exc: ClientError) -> bool:
 def head_object(bucket: str, key: str) -> dict[str, Any] | None:
     """HeadObject's answer, or None when there is no such object."""
     try:
-        return client().head_object(Bucket=bucket, Key=key)
+        return retried(client().head_object, Bucket=bucket, Key=key)
     except ClientError as exc:
         if is_missing(exc):
             return None
@@ -166,7 +166,7 @@ def head_object(bucket: str, key: str) -> dict[str, Any] | None:
 def bucket_exists(bucket: str) -> bool:
     """Whether HeadBucket finds ``bucket``."""
     try:
-        client().head_bucket(Bucket=bucket)
+        retried(client().head_bucket, Bucket=bucket)
         return True
     except ClientError as exc:
         if is_missing(exc):
@@ -177,7 +177,7 @@ def bucket_exists(bucket: str) -> bool:
 def prefix_has_objects(bucket: str, prefix: str) -> bool:
     """Whether any key starts with ``prefix``; False also when the bucket is missing."""
     try:
-        answer = client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        answer = retried(client().list_objects_v2, Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except ClientError as exc:
         if is_missing(exc):
             return False
@@ -186,11 +186,15 @@ def prefix_has_objects(bucket: str, prefix: str) -> bool:
 
 
 def iter_pages(bucket: str, prefix: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """ListObjectsV2 pages of up to 1000 keys under ``prefix``, fetched lazily."""
-    paginator = client().get_paginator("list_objects_v2")
-    yield from paginator.paginate(
-        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": PAGE_SIZE}, **kwargs
-    )
+    """ListObjectsV2 pages of up to 1000 keys under ``prefix``, fetched lazily, each
+    page retried on its own (an outage mid-listing does not restart a million-key walk)."""
+    request = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE_SIZE, **kwargs}
+    while True:
+        page = retried(client().list_objects_v2, **request)
+        yield page
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
 
 
 def iter_objects(bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
@@ -217,7 +221,7 @@ def delete_prefix(bucket: str, prefix: str) -> int:
         keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
         if not keys:
             continue
-        answer = client().delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        answer = retried(client().delete_objects, Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
         if answer.get("Errors"):
             first = answer["Errors"][0]
             raise OSError(
@@ -232,7 +236,7 @@ def copy_object(src: tuple[str, str], dst: tuple[str, str], size: int) -> None:
     """Server-side copy; objects over CopyObject's 5 GiB limit go through multipart copy."""
     source = {"Bucket": src[0], "Key": src[1]}
     if size <= COPY_OBJECT_LIMIT:
-        client().copy_object(CopySource=source, Bucket=dst[0], Key=dst[1])
+        retried(client().copy_object, CopySource=source, Bucket=dst[0], Key=dst[1])
     else:
         client().copy(source, dst[0], dst[1])
 

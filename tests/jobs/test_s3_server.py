@@ -153,7 +153,7 @@ def test_a_second_server_runs_beside_and_stops_without_leftovers(
     server.stop()  # twice is harmless
 
 
-def test_reads_and_writes_ride_out_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_writes_and_listings_ride_out_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
     # Eight threads share the process's client, as a fetch task's threads do. Before
     # jobs.storage retried above botocore, their failed requests drained botocore's retry
     # quota within a second of the outage and thousands of reads failed at once.
@@ -173,7 +173,11 @@ def test_reads_and_writes_ride_out_a_server_restart(monkeypatch: pytest.MonkeyPa
             i = start
             while not done.is_set():
                 try:
-                    assert storage.read_bytes(uris[i % len(uris)]) == data
+                    if start == 0:  # one thread lists and checks existence meanwhile
+                        assert len(list(storage.list_objects(bucket))) >= len(uris)
+                        assert storage.exists(uris[i % len(uris)])
+                    else:
+                        assert storage.read_bytes(uris[i % len(uris)]) == data
                     reads[0] += 1
                 except Exception as e:  # noqa: BLE001 (what the test counts)
                     failures.append(f"{type(e).__name__}: {e}")
