@@ -2,10 +2,10 @@
 per-image cost, and peak memory of the scan's processes, at two sizes.
 
 For each size N (default 1,000 and 10,000; ``--images N`` for one size), in one run
-against one local S3 server (jobs.s3_server.SeaweedS3Server, ``weed mini``):
+against one local S3 server (jobs.demo.s3_server.SeaweedS3Server, ``weed mini``):
 
 - N 64x64 JPEGs are uploaded to ``s3://bench/n<N>/`` with a thread pool (not timed);
-- listing: ``jobs.listing.list_input`` over the prefix, timed on its own;
+- listing: ``jobs.scan.listing.list_input`` over the prefix, timed on its own;
 - the scan: ``jobs.scan.run`` end to end (list, fetch over S3, decode, score, heat map,
   thumbnail for every image, Parquet written and published), on a local Ray started
   before timing; images/s = N / wall seconds;
@@ -161,10 +161,10 @@ def main(argv=None) -> None:
     p.add_argument("--use-gpu", action="store_true")
     args = p.parse_args(argv)
     sizes = args.images or [1000, 10000]
-    from jobs.listing import list_input
-    from jobs.s3_server import SeaweedS3Server
+    from jobs.scan.listing import list_input
+    from jobs.demo.s3_server import SeaweedS3Server
     from jobs.scan import ScanConfig, run
-    from jobs.scoring import FETCH_CPUS
+    from jobs.scan.scorer import FETCH_CPUS
 
     cps = args.cpus_per_scorer or (1.0 if args.use_gpu else max(0.5, args.threads - FETCH_CPUS))
     load = os.getloadavg()

@@ -11,7 +11,7 @@ them), same threads, in one run:
    closed-form heat map, thumbnail, Parquet written and published; the input is a
    manifest of exactly the N files (asserted: listed == scored == N). ``genscan_scan``
    is jobs.scan as a user runs it (``--executor auto``: in the driver process up to
-   ``jobs.scan_local.LOCAL_MAX_OBJECTS`` images, Ray Data above); ``genscan_scan_ray``
+   ``jobs.scan.pipeline.LOCAL_MAX_OBJECTS`` images, Ray Data above); ``genscan_scan_ray``
    forces the Ray Data pipeline (local Ray) on the same N;
 and the scan job (auto) with jobs.train's default preset at its own input size.
 
@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     if args.images < 2:
         p.error("--images must be at least 2")
     if args.cpus_per_scorer is None:
-        from jobs.scoring import FETCH_CPUS
+        from jobs.scan.scorer import FETCH_CPUS
 
         args.cpus_per_scorer = 1.0 if args.use_gpu else max(0.5, args.threads - FETCH_CPUS)
     torch.set_num_threads(args.threads)

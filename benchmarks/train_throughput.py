@@ -2,11 +2,11 @@
 
 Same labelled images, same preset and recipe (batch size, optimizer), same CPUs, in one run:
 
-1. bare loop: one process, no Ray: jobs.train_data.LabelledImages (fetch, decode, the
+1. bare loop: one process, no Ray: jobs.train.images.LabelledImages (fetch, decode, the
    preset's train transform) in a DataLoader, forward, cross-entropy, backward, step;
    ``--threads`` torch threads;
 2. Ray Train, 1 worker with ``--threads`` CPUs: ``jobs.train.run`` (its real loop,
-   jobs.train_loop, DDP-wrapped model, checkpoint every epoch);
+   jobs.train.loop, DDP-wrapped model, checkpoint every epoch);
 3. Ray Train, 2 workers with ``--threads / 2`` CPUs each (the global batch split in two).
 
 The rate of each is the training images per second of its last epoch (the first epoch
@@ -55,9 +55,9 @@ def labelled_manifest(n: int, data: str | None, tmp: Path) -> Path:
 
 def bare_loop(manifest: Path, config, threads: int) -> float:
     """The plain PyTorch loop on the same training split; images/s of the last epoch."""
-    from jobs.dataset import list_labelled
-    from jobs.train_data import LabelledImages
-    from jobs.train_loop import CHANNELS_LAST_MIN_SIZE, _optimizer
+    from jobs.train.data import list_labelled
+    from jobs.train.images import LabelledImages
+    from jobs.train.loop import CHANNELS_LAST_MIN_SIZE, _optimizer
 
     torch.set_num_threads(threads)
     data = list_labelled(str(manifest), val_fraction=config.val_fraction, seed=config.seed)

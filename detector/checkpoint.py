@@ -2,10 +2,10 @@
 
 A checkpoint is one ``model.safetensors`` file: the weights as plain tensors, and in the
 safetensors header a JSON record (architecture, classes, preprocessing preset and its
-parameters, threshold, metrics, data summary). Loading never unpickles: safetensors
-cannot carry code, and pickle-based ``.pt`` files are read only through
-``torch.load(weights_only=True)``, which refuses anything but tensors and plain
-containers.
+parameters, threshold, metrics, data summary). Loading never unpickles: a pickle-based
+file is refused (detector/weights.py reads weight files for ``--weights``). Loads from
+a path or from bytes (``load_checkpoint_bytes``: a checkpoint fetched from S3 or handed
+to a Ray actor never touches a temporary file).
 
 ``model_version`` is a content hash of everything that changes a scan's output
 (weights, architecture, classes, preset, threshold), so reports can say which model
@@ -18,25 +18,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from detector.errors import CheckpointError
 from detector.model import ARCHITECTURE, CLASSES, build_model
 from detector.presets import Preset, preset_from_dict
+from detector.weights import is_pickle, state_dict_from_bytes
 
 CHECKPOINT_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 _META_KEY = "genscan"
-# Magic bytes of formats that can carry code: pickle protocol 2+ and torch's zip archive.
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
 @dataclass
@@ -108,96 +106,85 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """The metadata record alone, without reading the weights."""
     f = _checked_file(path)
     try:
-        with safe_open(str(f), framework="pt") as sf:
-            raw = (sf.metadata() or {}).get(_META_KEY)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{f} is not a valid safetensors checkpoint: {e}") from None
-    if raw is None:
-        raise CheckpointError(f"{f} is a safetensors file but not a genscan checkpoint (no metadata)")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: metadata is not valid JSON: {e}") from None
-    if meta.get("architecture") != ARCHITECTURE or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{f}: unsupported checkpoint (architecture {meta.get('architecture')!r}, "
-            f"format {meta.get('format_version')!r}); this genscan reads {ARCHITECTURE} format {FORMAT_VERSION}"
-        )
-    return meta
+        with f.open("rb") as fh:
+            head = fh.read(8)
+            header = fh.read(min(int.from_bytes(head, "little"), _MAX_HEADER)) if len(head) == 8 else b""
+    except OSError as e:
+        raise CheckpointError(f"cannot read {f}: {e.strerror or e}") from None
+    return _meta(head + header, source=str(f))
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model and preset from a checkpoint file or training output folder."""
     f = _checked_file(path)
-    meta = read_meta(f)
-    state = read_state_dict(f)
+    return load_checkpoint_bytes(f.read_bytes(), source=str(f), device=device)
+
+
+def load_checkpoint_bytes(data: bytes, *, source: str = "the checkpoint", device: str | torch.device = "cpu") -> Checkpoint:
+    """``load_checkpoint`` for the bytes of a ``model.safetensors`` (e.g. fetched from
+    S3 or handed to a Ray actor); ``source`` names them in errors (the user's URI)."""
+    if is_pickle(data[:9], len(data)):
+        raise CheckpointError(
+            f"{source} is a pickle-based file; genscan checkpoints are safetensors and pickles are never "
+            f"loaded (they can run code). Use a checkpoint written by jobs.train."
+        )
+    meta = _meta(data, source=source)
+    state = state_dict_from_bytes(data, source=source)
     expected = meta.get("model_version")
-    actual = model_version(state, meta)
+    try:
+        actual = model_version(state, meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: malformed metadata ({type(e).__name__}: {e})") from None
     if expected != actual:
-        raise CheckpointError(f"{f}: content hash {actual} does not match the recorded {expected}; the file was altered or damaged")
+        raise CheckpointError(f"{source}: content hash {actual} does not match the recorded {expected}; the file was altered or damaged")
     model = build_model("none", num_classes=len(meta["classes"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{f}: weights do not fit {ARCHITECTURE}: {e}") from None
-    model.to(device).eval()
-    return Checkpoint(
-        model=model,
-        preset=preset_from_dict(meta["preset"]),
-        threshold=float(meta["threshold"]),
-        model_version=actual,
-        meta=meta,
-    )
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a ``.safetensors`` file, or from a pickle-based ``.pt``/``.pth`` file
-    through ``torch.load(weights_only=True)``; a file that carries code is refused."""
-    f = Path(path)
-    if _is_pickle(f):
-        try:
-            with f.open("rb") as fh:  # a file object: torch.load must not dispatch on the suffix
-                obj = torch.load(fh, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
-            raise CheckpointError(
-                f"{f} was refused: it is a pickle file that carries code or objects other than "
-                f"tensors, and genscan never unpickles those ({type(e).__name__}). "
-                f"Save a plain state dict (or .safetensors) instead."
-            ) from None
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise CheckpointError(f"{f} does not hold a state dict of tensors")
-        return {k.removeprefix("module."): v for k, v in obj.items()}
+        raise CheckpointError(f"{source}: weights do not fit {ARCHITECTURE}: {e}") from None
     try:
-        return load_file(str(f), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{f} is neither a safetensors file nor a torch state dict: {e}") from None
+        preset = preset_from_dict(meta["preset"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: its preset is not one this genscan knows ({type(e).__name__}: {e})") from None
+    model.to(device).eval()
+    return Checkpoint(model=model, preset=preset, threshold=float(meta["threshold"]), model_version=actual, meta=meta)
+
+
+def _meta(data: bytes, *, source: str) -> dict[str, Any]:
+    """The genscan record from the safetensors header at the start of ``data``."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 2 <= size <= min(len(data) - 8, _MAX_HEADER):
+        raise CheckpointError(f"{source} is not a valid safetensors checkpoint (bad header length)")
+    try:
+        header = json.loads(data[8:8 + size])
+        raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{source} is not a valid safetensors checkpoint: {e}") from None
+    if raw is None:
+        raise CheckpointError(f"{source} is a safetensors file but not a genscan checkpoint (no metadata)")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{source}: metadata is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("architecture") != ARCHITECTURE or meta.get("format_version") != FORMAT_VERSION:
+        got = meta if not isinstance(meta, dict) else (meta.get("architecture"), meta.get("format_version"))
+        raise CheckpointError(
+            f"{source}: unsupported checkpoint ({got!r}); this genscan reads {ARCHITECTURE} format {FORMAT_VERSION}"
+        )
+    return meta
 
 
 def _checked_file(path: str | Path) -> Path:
     f = checkpoint_file(path)
     if not f.is_file():
         raise CheckpointError(f"no checkpoint at {f} (expected a training output folder holding {CHECKPOINT_FILE}, or the file itself)")
-    if _is_pickle(f):
-        raise CheckpointError(
-            f"{f} is a pickle-based file; genscan checkpoints are safetensors and pickles are never "
-            f"loaded (they can run code). Use a checkpoint written by jobs.train."
-        )
-    return f
-
-
-def _is_pickle(f: Path) -> bool:
-    """Starts like a pickle or torch zip archive and is not a safetensors file (whose first
-    8 bytes are its header's length: a length whose low byte is 0x80 looks like pickle's
-    magic, so the safetensors layout is checked first)."""
-    if not f.is_file():
-        return False
     with f.open("rb") as fh:
-        head = fh.read(9)
-    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= f.stat().st_size - 8:
-        return False
-    return head.startswith(_PICKLE_MAGIC)
+        if is_pickle(fh.read(9), f.stat().st_size):
+            raise CheckpointError(
+                f"{f} is a pickle-based file; genscan checkpoints are safetensors and pickles are never "
+                f"loaded (they can run code). Use a checkpoint written by jobs.train."
+            )
+    return f
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detector.cam import Scores, score_batch
 from detector.checkpoint import Checkpoint, load_checkpoint
 from detector.decode import DEFAULT_MAX_PIXELS, decode_image
 from detector.presets import BaselinePreset, Preset
-from detector.scoring import Scores, score_batch
 from detector.thumbnail import THUMBNAIL_SIZE, thumbnail_view
 
 # JPEGs decode in draft mode (detector.decode) only down to this many times the size

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from detector.weights import read_state_dict
+
 CLASSES: tuple[str, str] = ("fake", "real")
 FAKE: int = CLASSES.index("fake")
 REAL: int = CLASSES.index("real")
@@ -42,8 +44,6 @@ def build_model(weights: str = "none", num_classes: int = len(CLASSES)) -> nn.Mo
                 f"--weights must be one of {', '.join(WEIGHT_CHOICES)} or a local file; "
                 f"{weights!r} is neither"
             )
-        from detector.checkpoint import read_state_dict  # one place reads weight files
-
         model = models.resnet18(weights=None)
         state = read_state_dict(path)
         if state.get("fc.weight", torch.empty(0)).shape[:1] != (num_classes,):

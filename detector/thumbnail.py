@@ -8,8 +8,6 @@ that region with its aspect ratio kept, longest side ``size`` pixels.
 
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 import torch
@@ -48,10 +46,3 @@ def render_thumbnail(
     if not ok:
         raise RuntimeError("JPEG encoding of the thumbnail failed")
     return buf.tobytes()
-
-
-def encode_jpeg(view: np.ndarray, quality: int = THUMBNAIL_QUALITY) -> bytes:
-    """A plain thumbnail (no heat map), e.g. for error-free rows when heat maps are off."""
-    out = io.BytesIO()
-    Image.fromarray(view).save(out, format="JPEG", quality=quality)
-    return out.getvalue()

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import posixpath
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,16 +31,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detector.checkpoint import CHECKPOINT_FILE
 from detector.decode import DEFAULT_MAX_PIXELS, decode_image
-from detector.errors import ImageDecodeError
+from detector.errors import DetectorError, ImageDecodeError
 from detector.inference import Detector
 from detector.model import FAKE
 from detector.presets import reencode_jpeg
 from jobs import storage
-from jobs.dataset import DataError, Sample, list_labelled
-from jobs.evaluate_metrics import binary_metrics
-from jobs.scan import read_checkpoint_bytes
+from jobs.metrics import binary_metrics
+from jobs.storage.models import load_model
+from jobs.train.data import DataError, Sample, list_labelled
 
 ROBUSTNESS = ("jpeg90", "jpeg75", "jpeg50", "downscale0.5", "crop")
 SPLITS = ("all", "train", "validation")
@@ -63,6 +60,25 @@ class EvaluateConfig:
     max_images: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    def __post_init__(self) -> None:
+        if isinstance(self.robustness, str):  # the flag's "jpeg75,crop" or "all"
+            names = ROBUSTNESS if self.robustness == "all" else tuple(x for x in self.robustness.split(",") if x)
+            object.__setattr__(self, "robustness", tuple(names))
+        problems = []
+        unknown = [n for n in self.robustness if n not in ROBUSTNESS]
+        if unknown:
+            problems.append(f"--robustness: unknown {unknown}; choose from {','.join(ROBUSTNESS)} or 'all'")
+        if self.split not in SPLITS:
+            problems.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.batch_size < 1 or self.threads < 1:
+            problems.append("--batch-size and --threads must be at least 1")
+        if self.max_images is not None and self.max_images < 1:
+            problems.append("--max-images must be at least 1")
+        if not 0 < self.val_fraction < 1:
+            problems.append("--val-fraction must be between 0 and 1, e.g. 0.2")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0], allow_abbrev=False)
@@ -81,22 +97,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    names = tuple(ROBUSTNESS) if args.robustness == "all" else tuple(x for x in args.robustness.split(",") if x)
-    unknown = [n for n in names if n not in ROBUSTNESS]
-    if unknown:
-        parser.error(f"--robustness: unknown {unknown}; choose from {','.join(ROBUSTNESS)} or 'all'")
-    if args.batch_size < 1 or args.threads < 1:
-        parser.error("--batch-size and --threads must be at least 1")
-    config = EvaluateConfig(**{**vars(args), "robustness": names})
+    try:
+        config = EvaluateConfig(**vars(args))
+    except ValueError as e:
+        parser.error(str(e))
     try:
         result = run(config)
-    except (DataError, FileNotFoundError) as e:
-        parser.exit(2, f"error: {e}\n")
+    except (DataError, FileNotFoundError, DetectorError) as e:
+        print(f"evaluate failed: {e}", file=sys.stderr)
+        return 1
     print_summary(result)
-    return result
+    return 0
 
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
@@ -147,16 +161,7 @@ def _select(config: EvaluateConfig) -> list[Sample]:
 
 
 def _load(model: str) -> Detector:
-    """A local checkpoint file or folder as it is; from ``s3://``, only the checkpoint file
-    (``OUT/model.safetensors``), not the whole training output with its Ray Train run."""
-    if not storage.is_s3(model):
-        return Detector.from_path(model)
-    data = read_checkpoint_bytes(model)
-    with tempfile.TemporaryDirectory(prefix="genscan-model-") as tmp:
-        path = os.path.join(tmp, CHECKPOINT_FILE)
-        with open(path, "wb") as f:
-            f.write(data)
-        return Detector.from_path(path)
+    return Detector(load_model(model)[1])
 
 
 @dataclass
@@ -260,4 +265,4 @@ def print_summary(r: dict[str, Any], out=sys.stdout) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

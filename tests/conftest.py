@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from jobs.s3_server import SeaweedS3Server
+from jobs.demo.s3_server import SeaweedS3Server
+from tests.helpers import use_s3_server
 
 
 @pytest.fixture(scope="session")
@@ -23,18 +23,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Ser
     """A started SeaweedS3Server; data and its weed.log under pytest's temp folder."""
     with SeaweedS3Server(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
-
-
-def use_s3_server(server: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Point the AWS_* variables at ``server`` (every other AWS_* removed). Set them before
-    a module starts Ray and its worker processes inherit them, as a cluster's nodes would."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    env = server.env()
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
 
 
 @pytest.fixture

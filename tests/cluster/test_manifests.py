@@ -15,12 +15,12 @@ import importlib
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -251,7 +251,9 @@ def test_ray_pod_templates_validate(name, spec):
 @pytest.mark.parametrize("name,spec", cluster_specs(), ids=[n for n, _ in cluster_specs()])
 def test_ray_autoscaler_reads_cluster_spec(name, spec):
     # Ray's KubeRay autoscaler turns the CR into a launcher config and validates it.
-    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _derive_autoscaling_config_from_ray_cr,
+    )
 
     cr = {"metadata": {"name": name, "namespace": "genscan"}, "spec": copy.deepcopy(spec)}
     types = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]

@@ -36,8 +36,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs import report_store
-from tests.jobs.test_scan import save_model
+from jobs.report import store as report_store
+from tests.helpers import save_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # node restarts on a loaded machine
 

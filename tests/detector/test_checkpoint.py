@@ -6,7 +6,12 @@ import pickle
 import pytest
 import torch
 
-from detector.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_meta, save_checkpoint
+from detector.checkpoint import (
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from detector.errors import CheckpointError
 from detector.model import build_model
 from detector.presets import get_preset
@@ -74,7 +79,7 @@ def test_a_safetensors_header_length_that_starts_like_a_pickle_still_loads(tmp_p
     byte is 0x80 (pickle's first byte) once made jobs.train refuse its own checkpoint."""
     from safetensors.torch import save_file
 
-    from detector.checkpoint import read_state_dict
+    from detector.weights import read_state_dict
 
     f = tmp_path / "w.safetensors"
     for pad in range(512):

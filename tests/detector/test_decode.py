@@ -10,7 +10,7 @@ from PIL import Image
 
 from detector.decode import decode_image
 from detector.errors import ImageDecodeError
-from tests.detector.conftest import encode, make_image
+from tests.helpers import encode, make_image
 
 
 def _png_header_only(width: int, height: int) -> bytes:

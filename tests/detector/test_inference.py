@@ -12,7 +12,7 @@ from detector.errors import ImageDecodeError
 from detector.inference import Detector, prepare
 from detector.presets import get_preset
 from detector.thumbnail import render_thumbnail
-from tests.detector.conftest import encode, make_image
+from tests.helpers import encode, make_image
 
 
 @pytest.mark.parametrize("preset_name", ["baseline", "native"])

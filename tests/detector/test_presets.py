@@ -7,7 +7,7 @@ import torch
 from torchvision import transforms
 
 from detector.presets import PRESETS, get_preset, preset_from_dict
-from tests.detector.conftest import make_image
+from tests.helpers import make_image
 
 
 def test_baseline_eval_is_the_original_transform():

@@ -1,0 +1,5 @@
+import sys
+
+from jobs.report import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""Where scan reports live, how a scan's files are published all at once, and how to read
+only published scans.
+
+Layout under ``--output`` (local folder or ``s3://`` prefix)::
+
+    scan_date=2026-05-01/scan_id=<id>/part-00000.parquet     # published report files
+    _scans/<id>.json                                          # marker, written last
+    _staging/<id>/data/part-*.parquet                         # while the scan runs
+    _staging/<id>/publishing.json                             # while it publishes
+
+A scan writes its files under ``_staging/<id>/`` (names starting with ``_`` are hidden
+from pyarrow, pandas and Spark), then publishes them: it replaces the folder
+``scan_date=<day>/scan_id=<id>/`` (one directory rename on a local disk; server-side
+copies on S3) and writes the marker ``_scans/<id>.json`` last (file list, counts, model
+version). ``open_reports`` trusts the markers only, so a scan killed at any point leaves
+nothing it reads; readers that glob the folders directly see a killed S3 publish's
+partial copies until the scan id is re-run. Re-running a scan id replaces its files
+(wherever an earlier attempt put them); no other scan or date is ever touched.
+
+    python -c "from jobs.report.store import open_reports; print(open_reports('reports').to_table().num_rows)"
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from jobs import storage
+from jobs.report.schema import (
+    FILE_SCHEMA,
+    REPORT_SCHEMA,
+    parquet_write_options,
+    partitioning,
+)
+
+SCANS_DIR = "_scans"
+STAGING_DIR = "_staging"
+MARKER_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ScanLocation:
+    """The places one scan writes to under ``output``."""
+
+    output: str
+    scan_id: str
+    scan_date: date
+
+    @property
+    def relative_dir(self) -> str:
+        """``scan_date=YYYY-MM-DD/scan_id=<id>``: the report folder, relative to output."""
+        return f"scan_date={self.scan_date.isoformat()}/scan_id={self.scan_id}"
+
+    @property
+    def report_uri(self) -> str:
+        return storage.join(self.output, self.relative_dir)
+
+    @property
+    def marker_uri(self) -> str:
+        return storage.join(self.output, SCANS_DIR, f"{self.scan_id}.json")
+
+    @property
+    def staging_uri(self) -> str:
+        return storage.join(self.output, STAGING_DIR, self.scan_id)
+
+    @property
+    def staged_data_uri(self) -> str:
+        return storage.join(self.staging_uri, "data")
+
+    @property
+    def intent_uri(self) -> str:
+        return storage.join(self.staging_uri, "publishing.json")
+
+
+def clear_staging_data(loc: ScanLocation) -> None:
+    """Remove the data a killed earlier attempt of this scan id staged (its publishing
+    intent stays, so publish() can clean up after it)."""
+    storage.delete_prefix(loc.staged_data_uri)
+
+
+def write_staged(dataset: Any, loc: ScanLocation, *, rows_per_file: int) -> None:
+    """Write a Ray Dataset of ``FILE_SCHEMA`` rows as Parquet under the staging folder."""
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        """``part-<write task>-<i>.parquet``: the staging folder is emptied first, so
+        task indices are unique without the write UUID in every name."""
+
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:05d}.parquet"
+
+    fs, path = storage.pyarrow_filesystem(loc.staged_data_uri)
+    dataset.write_parquet(
+        path,
+        filesystem=fs,  # Ray Data would otherwise build its own S3 client, without the endpoint
+        filename_provider=PartNames(),
+        mode="overwrite",
+        min_rows_per_file=rows_per_file,
+        max_rows_per_file=rows_per_file,
+        schema=FILE_SCHEMA,
+        **parquet_write_options(row_group_size=min(rows_per_file, 1000)),
+    )
+
+
+def write_staged_tables(tables: Iterator[pa.Table], loc: ScanLocation, *, rows_per_file: int) -> None:
+    """Write report tables as ``part-00000.parquet``, ``part-00001.parquet``, ... of
+    ``rows_per_file`` rows under the staging folder (what ``write_staged`` writes from a Ray Dataset)."""
+    fs, path = storage.pyarrow_filesystem(loc.staged_data_uri)
+    if not storage.is_s3(loc.staged_data_uri):
+        fs.create_dir(path, recursive=True)
+    options = parquet_write_options(row_group_size=min(rows_per_file, 1000))
+    row_group_size = options.pop("row_group_size")
+    writer, index, in_file = None, 0, 0
+    try:
+        for table in tables:
+            while table.num_rows:
+                if writer is None:
+                    writer = pq.ParquetWriter(f"{path}/part-{index:05d}.parquet", FILE_SCHEMA, filesystem=fs, **options)
+                take = table.slice(0, rows_per_file - in_file)
+                writer.write_table(take, row_group_size=row_group_size)
+                in_file += take.num_rows
+                table = table.slice(take.num_rows)
+                if in_file == rows_per_file:
+                    writer.close()
+                    writer, index, in_file = None, index + 1, 0
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def staged_files(loc: ScanLocation) -> list[str]:
+    """Names of the staged Parquet files, sorted."""
+    try:
+        infos = storage.list_objects(loc.staged_data_uri, extensions=frozenset({".parquet"}))
+        return sorted(i.uri.rsplit("/", 1)[-1] for i in infos)
+    except FileNotFoundError:
+        return []
+
+
+def staged_counts(loc: ScanLocation, files: list[str]) -> dict[str, int]:
+    """rows, scored, flagged, errors of the staged files (reads two columns)."""
+    if not files:
+        return {"rows": 0, "scored": 0, "flagged": 0, "errors": 0}
+    fs, path = storage.pyarrow_filesystem(loc.staged_data_uri)
+    table = ds.dataset([f"{path}/{f}" for f in files], filesystem=fs, format="parquet",
+                       schema=FILE_SCHEMA).to_table(columns=["flagged", "error"])
+    errors = table.num_rows - table["error"].null_count
+    flagged = pc.sum(pc.fill_null(table["flagged"], False)).as_py() or 0
+    return {"rows": table.num_rows, "scored": table.num_rows - errors, "flagged": flagged, "errors": errors}
+
+
+def publish(loc: ScanLocation, files: list[str], record: dict[str, Any]) -> dict[str, Any]:
+    """Move the staged ``files`` into the report folder and write the marker last.
+
+    ``record`` (counts, model version, ...) goes into the marker with the file list.
+    Returns the marker's content.
+    """
+    earlier = _earlier_dirs(loc)
+    storage.write_bytes(loc.intent_uri, json.dumps({"report": loc.relative_dir}).encode())
+    storage.delete_object(loc.marker_uri)
+    for relative in earlier - {loc.relative_dir}:
+        storage.delete_prefix(storage.join(loc.output, relative))
+    if files:
+        # one rename on a local disk (glob readers see old or new); server-side copies on S3
+        storage.replace_folder(loc.staged_data_uri, loc.report_uri)
+    elif storage.exists(loc.report_uri):
+        storage.delete_prefix(loc.report_uri)
+    marker = {
+        "format": MARKER_FORMAT,
+        "scan_id": loc.scan_id,
+        "scan_date": loc.scan_date.isoformat(),
+        "report": loc.relative_dir,
+        "files": [f"{loc.relative_dir}/{f}" for f in files],
+        **record,
+    }
+    storage.write_bytes(loc.marker_uri, json.dumps(marker, indent=1).encode())
+    storage.delete_prefix(loc.staging_uri)
+    return marker
+
+
+def _earlier_dirs(loc: ScanLocation) -> set[str]:
+    """Report folders earlier attempts of this scan id may have left: its old marker's
+    and an interrupted publish's (its intent file)."""
+    found = {loc.relative_dir}
+    for uri in (loc.marker_uri, loc.intent_uri):
+        try:
+            found.add(json.loads(storage.read_bytes(uri))["report"])
+        except (FileNotFoundError, KeyError, ValueError):
+            pass
+    return {d for d in found if d.startswith("scan_date=") and d.endswith(f"/scan_id={loc.scan_id}")}
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def published_scans(output: str) -> list[dict[str, Any]]:
+    """The markers of every published scan under ``output``, oldest scan date first."""
+    try:
+        uris = [i.uri for i in storage.list_objects(storage.join(output, SCANS_DIR), extensions=frozenset({".json"}))]
+    except FileNotFoundError:
+        return []
+    if not uris:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(uris))) as pool:
+        markers = list(pool.map(lambda u: json.loads(storage.read_bytes(u)), uris))
+    return sorted((m for m in markers if m.get("format") == MARKER_FORMAT), key=lambda m: (m["scan_date"], m["scan_id"]))
+
+
+def open_reports(output: str, *, exclude_scan_ids: Iterable[str] = ()) -> ds.Dataset:
+    """A pyarrow dataset of ``REPORT_SCHEMA`` over the published scans' files only.
+
+    Query it with pyarrow (``.to_table(columns=..., filter=...)``), pandas
+    (``.to_table().to_pandas()``) or DuckDB (``duckdb.connect().from_arrow(dataset)``).
+    """
+    excluded = set(exclude_scan_ids)
+    files = [f for m in published_scans(output) if m["scan_id"] not in excluded for f in m["files"]]
+    if not files:
+        return ds.dataset(REPORT_SCHEMA.empty_table())
+    fs, root = storage.pyarrow_filesystem(output)
+    return ds.dataset(
+        [f"{root}/{f}" for f in files],
+        filesystem=fs,
+        format="parquet",
+        schema=REPORT_SCHEMA,
+        partitioning=partitioning(),
+        partition_base_dir=root,
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from jobs.scan import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""How the scan's stages run: a Ray Data pipeline, or the driver process for small scans.
+
+Both run the same stages on the same batches: ``jobs.scan.fetch.fetch_and_prepare``
+(fetch + decode + preprocess) then ``jobs.scan.scorer.Scorer`` (model, heat maps,
+thumbnails), and both yield report rows of ``jobs.report.schema.FILE_SCHEMA``.
+
+- ``score_dataset``: Ray Data, streaming: fetch tasks, then a fixed pool of Scorer actors.
+  Scales out to a cluster and to GPUs.
+- ``score_locally``: in this process, fetching one batch ahead in a thread so decoding
+  overlaps the model. A Ray Data scan starts fresh worker processes for its fetch
+  tasks, its actors and its Parquet writer, each importing torch, torchvision and
+  pyarrow: about 13 s on 2 cores (BENCHMARKS.md), however few images there are, so
+  ``--executor auto`` scores up to ``LOCAL_MAX_OBJECTS`` objects here.
+
+    python -c "from jobs.scan.pipeline import choose_executor; help(choose_executor)"
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.scan.fetch import fetch_and_prepare
+from jobs.scan.scorer import Scorer
+
+EXECUTORS = ("auto", "ray", "local")
+# Up to this many objects, --executor auto scores in the driver: about what one process
+# scores (~20 img/s on 2 cores at 224 px) in the time a Ray Data scan takes to start.
+LOCAL_MAX_OBJECTS = 256
+# Fetch tasks ask for half a CPU: fetching is partly waiting on storage, and resources
+# that differ from the actors' keep Ray Data from fusing decoding into the model actors
+# (which would leave spare cores idle while an actor decodes).
+FETCH_CPUS = 0.5
+# Listing rows per Ray Data input block: one fetch task each.
+MAX_BLOCK_ROWS = 256
+
+
+def choose_executor(executor: str, objects: int, *, use_gpu: bool) -> str:
+    """``executor``, with ``auto`` resolved: the driver for scans of at most
+    ``LOCAL_MAX_OBJECTS`` objects on CPU, Ray Data otherwise."""
+    if executor != "auto":
+        return executor
+    return "local" if objects <= LOCAL_MAX_OBJECTS and not use_gpu else "ray"
+
+
+def listing_dataset(blocks: list[pa.Table]) -> Any:
+    """The listing as a Ray Dataset whose blocks make at least 16 fetch tasks when they can."""
+    import ray
+
+    rows = sum(b.num_rows for b in blocks)
+    block_rows = max(1, min(MAX_BLOCK_ROWS, math.ceil(rows / 16)))
+    return ray.data.from_arrow([b.slice(i, block_rows) for b in blocks for i in range(0, b.num_rows, block_rows)])
+
+
+def score_dataset(
+    ds: Any,
+    *,
+    checkpoint: Any,
+    preset: dict[str, Any],
+    threshold: float,
+    thumbnails: str,
+    batch_size: int,
+    concurrency: int,
+    cpus_per_scorer: float,
+    use_gpu: bool,
+    max_pixels: int,
+    max_bytes: int,
+) -> Any:
+    """Listing rows (a Ray Dataset of uri, etag, size_bytes) -> report rows (FILE_SCHEMA),
+    one per input row: fetch/decode tasks, then a fixed pool of ``concurrency`` Scorer
+    actors. ``checkpoint``: an ObjectRef to the checkpoint file's bytes."""
+    import ray
+
+    ds = ds.map_batches(
+        fetch_and_prepare,
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=FETCH_CPUS,
+        fn_kwargs={"preset": preset, "max_pixels": max_pixels, "max_bytes": max_bytes,
+                   "keep_view": thumbnails != "none"},
+    )
+    return ds.map_batches(
+        Scorer,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),  # `concurrency=` is deprecated in Ray 2.51+
+        num_cpus=cpus_per_scorer,
+        num_gpus=1 if use_gpu else 0,
+        fn_constructor_kwargs={"checkpoint": checkpoint, "threshold": threshold, "thumbnails": thumbnails,
+                               "use_gpu": use_gpu},
+    )
+
+
+def score_locally(
+    blocks: list[pa.Table],
+    *,
+    checkpoint: bytes,
+    preset: dict[str, Any],
+    threshold: float,
+    thumbnails: str,
+    batch_size: int,
+    use_gpu: bool,
+    max_pixels: int,
+    max_bytes: int,
+    num_threads: int | None = None,
+) -> Iterator[pa.Table]:
+    """Listing blocks (uri, etag, size_bytes) -> report tables (FILE_SCHEMA), one per batch."""
+    import torch
+
+    scorer = Scorer(checkpoint, threshold=threshold, thumbnails=thumbnails, use_gpu=use_gpu,
+                    num_threads=num_threads or torch.get_num_threads())
+    batches = [b.slice(i, batch_size) for b in blocks for i in range(0, b.num_rows, batch_size)]
+
+    def fetch(rows: pa.Table) -> dict[str, np.ndarray]:
+        return fetch_and_prepare(_as_numpy(rows), preset=preset, max_pixels=max_pixels, max_bytes=max_bytes,
+                                 keep_view=thumbnails != "none")
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genscan-fetch") as ahead:
+        pending = ahead.submit(fetch, batches[0]) if batches else None
+        for i in range(len(batches)):
+            batch = pending.result()
+            pending = ahead.submit(fetch, batches[i + 1]) if i + 1 < len(batches) else None
+            yield scorer(batch)
+
+
+def _as_numpy(rows: pa.Table) -> dict[str, np.ndarray]:
+    """A listing slice as the numpy batch Ray Data would hand ``fetch_and_prepare``."""
+    return {name: np.array(rows[name].to_pylist(), dtype=object) for name in ("uri", "etag", "size_bytes")}

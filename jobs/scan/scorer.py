@@ -1,0 +1,122 @@
+"""The scan's scoring stage: a model actor turning decoded batches (``jobs.scan.fetch``)
+into report rows (``jobs.report.schema.FILE_SCHEMA``). An image that failed to fetch or
+decode passes through as a row with ``error`` set.
+
+    python -c "from jobs.scan.scorer import Scorer; help(Scorer)"
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from detector.checkpoint import load_checkpoint_bytes
+from detector.inference import Detector
+from detector.thumbnail import render_thumbnail
+from jobs.report.schema import FILE_SCHEMA, decide
+
+THUMBNAIL_MODES = ("all", "flagged", "none")
+
+
+class Scorer:
+    """A Ray Data actor holding the detector: decoded batches -> report rows (Arrow).
+
+    Args:
+        checkpoint: the checkpoint file's bytes, or a Ray ObjectRef to them (the driver
+            puts them in the object store once, so workers need no access to --model).
+        threshold: flag images with ``score >= threshold``; None: the checkpoint's.
+        thumbnails: "all", "flagged" or "none": which rows get a heat-map thumbnail.
+        use_gpu: score on CUDA.
+        num_threads: torch CPU threads; default the CPUs Ray gave this actor.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Any,
+        *,
+        threshold: float | None = None,
+        thumbnails: str = "all",
+        use_gpu: bool = False,
+        num_threads: int | None = None,
+    ):
+        if thumbnails not in THUMBNAIL_MODES:
+            raise ValueError(f"thumbnails must be one of {THUMBNAIL_MODES}, got {thumbnails!r}")
+        if not isinstance(checkpoint, (bytes, bytearray, memoryview)):
+            import ray
+
+            checkpoint = ray.get(checkpoint)
+        torch.set_num_threads(num_threads or _assigned_cpus())
+        self.detector = Detector(load_checkpoint_bytes(bytes(checkpoint)), device="cuda" if use_gpu else "cpu")
+        self.threshold = float(self.detector.threshold if threshold is None else threshold)
+        self.thumbnails = thumbnails
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["uri"])
+        error = np.array([e or None for e in batch["error"]], dtype=object)
+        ok = np.array([e is None for e in error], dtype=bool)
+        idx = np.flatnonzero(ok)
+        score = np.full(n, np.nan, np.float32)
+        cams: list[np.ndarray | None] = [None] * n
+        thumbs: list[bytes | None] = [None] * n
+        if idx.size:
+            pixels = batch["pixels"] if idx.size == n else batch["pixels"][idx]  # (b, 3, S, S)
+            with warnings.catch_warnings():  # Ray hands out read-only arrays; torch only reads them
+                warnings.simplefilter("ignore", UserWarning)
+                s = self.detector.score(torch.from_numpy(pixels))
+            prob, cam = s.prob_fake.numpy(), s.cam.numpy()  # (b,), (b, h, w)
+            score[idx] = prob
+            for j, i in enumerate(idx):
+                cams[i] = cam[j].reshape(-1)
+                if self.thumbnails == "all" or (self.thumbnails == "flagged" and prob[j] >= self.threshold):
+                    h, w = batch["view_hw"][i]
+                    view = np.frombuffer(batch["view"][i], np.uint8).reshape(h, w, 3)
+                    thumbs[i] = render_thumbnail(view, cam[j])
+        return self._table(batch, ok, score, cams, thumbs, error)
+
+    def _table(self, batch, ok, score, cams, thumbs, error) -> pa.Table:
+        n, bad = len(ok), ~ok
+        flagged, label = decide(score, self.threshold)
+        size = np.asarray(batch["size_bytes"], np.int64)
+        label[bad] = None
+        fmt = np.array(batch["format"], dtype=object)
+        fmt[bad] = None
+        cam_lengths = np.array([0 if c is None else c.size for c in cams], np.int32)
+        cam_values = np.concatenate([c for c in cams if c is not None] or [np.zeros(0, np.float32)])
+        cam_offsets = np.concatenate([[0], np.cumsum(cam_lengths)]).astype(np.int32)
+        now = datetime.now(timezone.utc)
+        columns = {
+            "uri": pa.array(batch["uri"], pa.string()),
+            # a block whose etags are all null (a manifest without them) arrives as float NaN
+            "etag": pa.array([e if isinstance(e, str) else None for e in batch["etag"]], pa.string()),
+            "size_bytes": pa.array(size, pa.int64(), mask=size < 0),
+            "width": pa.array(batch["width"], pa.int32(), mask=bad),
+            "height": pa.array(batch["height"], pa.int32(), mask=bad),
+            "format": pa.array(fmt, pa.string()),
+            "label": pa.array(label, pa.string()),
+            "score": pa.array(score, pa.float32(), mask=bad),
+            "flagged": pa.array(flagged, pa.bool_(), mask=bad),
+            "threshold": pa.array(np.full(n, self.threshold, np.float32)),
+            "thumbnail": pa.array(thumbs, pa.binary()),
+            "cam": pa.ListArray.from_arrays(pa.array(cam_offsets), pa.array(cam_values, pa.float32()),
+                                            mask=pa.array(bad)),
+            "model_version": pa.array([self.detector.model_version] * n, pa.string()),
+            "error": pa.array(error, pa.string()),
+            "scanned_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        }
+        return pa.table(columns, schema=FILE_SCHEMA)
+
+
+def _assigned_cpus() -> int:
+    """Whole CPUs Ray assigned to this actor (1 outside Ray)."""
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    except Exception:  # noqa: BLE001 (not in a Ray worker)
+        cpus = 1
+    return max(1, int(round(cpus)))

@@ -1,0 +1,147 @@
+"""The local half of jobs.storage: paths, folder walks, atomic writes, safe downloads.
+
+Import jobs.storage, not this module; it takes plain paths where jobs.storage takes
+URIs. Kept apart from the S3 half so that each stays small.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def local_path(uri: str | os.PathLike[str]) -> str:
+    """The absolute path of a local path or ``file://`` URI; ValueError for other schemes."""
+    path = os.fspath(uri)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if "://" in path:
+        raise ValueError(f"unsupported URI {path!r}: use s3://bucket/key or a local path")
+    return os.path.abspath(path)
+
+
+def walk(folder: str, real_root: str | None = None, seen: set[str] | None = None) -> Iterator[str]:
+    """Paths of the files under ``folder``, depth-first in name order.
+
+    Symlinks are followed only when they resolve inside ``folder``, and each real
+    folder is entered once, so links out of the tree and link loops are harmless.
+    """
+    if real_root is None or seen is None:
+        real_root = os.path.realpath(folder)
+        seen = {real_root}
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.is_symlink() and not _under(os.path.realpath(entry.path), real_root):
+            continue
+        if entry.is_dir():
+            real = os.path.realpath(entry.path)
+            if real not in seen:
+                seen.add(real)
+                yield from walk(entry.path, real_root, seen)
+        elif entry.is_file():
+            yield entry.path
+
+
+def files_under(path: str) -> Iterator[str]:
+    """``path`` itself when it is a file, else the files under the folder ``path``."""
+    if os.path.isfile(path):
+        yield path
+    elif os.path.isdir(path):
+        yield from walk(path)
+    else:
+        raise FileNotFoundError(f"the folder {path} does not exist")
+
+
+def file_fields(path: str) -> dict[str, Any]:
+    """size, etag (``f"{mtime_ns:x}-{size:x}"``) and UTC last_modified of a file."""
+    stat = os.stat(path)
+    return {
+        "size": stat.st_size,
+        "etag": f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+        "last_modified": datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc),
+    }
+
+
+def tree(root: str) -> list[tuple[str, str]]:
+    """``(path, name relative to root with "/")`` of every file under the folder ``root``."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"the folder {root} does not exist")
+    return [(path, os.path.relpath(path, root).replace(os.sep, "/")) for path in walk(root)]
+
+
+def copy_files(files: list[tuple[str, str]], root: str) -> int:
+    """Copy ``(path, relative name)`` pairs into the folder ``root``; returns how many."""
+    for path, name in files:
+        target = os.path.join(root, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(path, target)
+    return len(files)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a hidden file beside ``path``, then rename it over ``path``.
+
+    Readers see the old file or the new one, never a half-written one.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Move the folder ``src`` to ``dst`` with one rename; an existing ``dst`` is renamed
+    aside (a hidden sibling, which readers of Hive folders skip) and then deleted."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    aside = None
+    if os.path.lexists(dst):
+        aside = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.{uuid.uuid4().hex}.replaced")
+        os.rename(dst, aside)
+    os.rename(src, dst)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def delete_tree(path: str) -> int:
+    """Remove the folder ``path``, returning how many files it held; refuses ``/``."""
+    if os.path.dirname(path) == path:
+        raise ValueError(f"refusing to delete the file system root {path}")
+    if not os.path.lexists(path):
+        return 0
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} is not a folder; delete_prefix deletes folders")
+    count = sum(len(files) for _, _, files in os.walk(path))
+    shutil.rmtree(path)
+    return count
+
+
+def path_inside(root: str, name: str, source: str) -> str:
+    """``root/name``, or ValueError when ``name`` (from ``source``) would leave ``root``.
+
+    Refuses ``..`` parts, absolute names, and names that resolve outside ``root``
+    through a symlink already there.
+    """
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    target = os.path.join(root, *parts)
+    if (
+        not parts
+        or ".." in parts
+        or name.startswith(("/", "\\"))
+        or not _under(os.path.realpath(target), os.path.realpath(root))
+    ):
+        raise ValueError(f"refusing to download {source}: its name would land outside {root}")
+    return target
+
+
+def _under(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root

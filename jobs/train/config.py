@@ -1,0 +1,121 @@
+"""What a training run is asked to do: ``TrainConfig``, and each preset's recipe.
+
+``--preset`` picks the preprocessing and the recipe defaults (``RECIPES``); a value given
+explicitly overrides one entry. The config is resolved and checked once, in
+``__post_init__``, so ``jobs.train.run(config)`` called from Python checks too, and the
+same frozen dataclass travels to every Ray Train worker (jobs/train/loop.py).
+
+    python -c "from jobs.train.config import TrainConfig; print(TrainConfig(data='d', output='o'))"
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from detector.decode import DEFAULT_MAX_PIXELS
+from detector.model import WEIGHT_CHOICES
+from detector.presets import PRESETS, Preset, get_preset
+from jobs import storage
+
+NATIVE_CROP, NATIVE_EVAL, NATIVE_EPOCHS, NATIVE_CROPS_PER_IMAGE = 96, 320, 24, 4  # docs/QUALITY.md
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+SELECT_BY = ("val_accuracy", "val_auc")
+# Each preset's recipe; explicit flags override single entries.
+RECIPES: dict[str, dict[str, Any]] = {
+    # the original project, exactly
+    "baseline": dict(epochs=10, batch_size=32, lr=0.003, optimizer="adam", weight_decay=0.0,
+                     schedule="constant", label_smoothing=0.0, image_size=224, eval_size=None, crops_per_image=1,
+                     select_by="val_accuracy"),
+    # from scratch at native resolution: small random crops make many cheap steps; eval on a
+    # larger centre crop; AdamW + warm-up/cosine and label smoothing (docs/QUALITY.md)
+    "native": dict(epochs=NATIVE_EPOCHS, batch_size=32, lr=0.001, optimizer="adamw", weight_decay=0.05,
+                   schedule="cosine", label_smoothing=0.1, image_size=NATIVE_CROP, eval_size=NATIVE_EVAL,
+                   crops_per_image=NATIVE_CROPS_PER_IMAGE, select_by="val_auc"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    output: str
+    preset: str = "native"  # the better recipe; "baseline" is the original project (docs/QUALITY.md)
+    # None: the preset's recipe (RECIPES); an explicit value overrides it.
+    epochs: int | None = None
+    batch_size: int | None = None  # global: split evenly over the workers
+    lr: float | None = None  # peak learning rate with --schedule cosine
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+    image_size: int | None = None  # the train crop (native) or resize (baseline)
+    eval_size: int | None = None  # native only: the centre crop scored (validation, scan)
+    crops_per_image: int | None = None  # training samples per image per epoch (native: random crops)
+    select_by: str | None = None  # the validation metric that picks the published epoch
+    weights: str = "none"
+    num_workers: int = 1
+    cpus_per_worker: int | None = None  # None: the cluster's CPUs / num_workers, at most one node's (_fill_cpus)
+    use_gpu: bool = False
+    val_fraction: float = 0.2
+    seed: int = 0
+    max_failures: int = 0
+    threshold_fpr: float = 0.05
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        recipe = RECIPES.get(self.preset, {})
+        for name, value in recipe.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen: resolved once, here
+        checks = [
+            (self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.num_workers >= 1, "--num-workers must be at least 1"),
+            (self.cpus_per_worker is None or self.cpus_per_worker >= 1, "--cpus-per-worker must be at least 1"),
+            (self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
+             f"--batch-size is the global batch, split over the workers: make it a multiple of "
+             f"--num-workers ({self.num_workers}), e.g. "
+             f"{max(1, self.batch_size // self.num_workers) * self.num_workers}"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.crops_per_image >= 1, "--crops-per-image must be at least 1"),
+            (self.select_by in SELECT_BY, f"--select-by must be one of {', '.join(SELECT_BY)}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1), e.g. 0.1"),
+            (self.image_size >= 16, "--image-size must be at least 16 (ResNet18 downsamples 32x)"),
+            (self.eval_size is None or (self.preset == "native" and self.eval_size >= 16),
+             "--eval-size is for --preset native only, and at least 16"),
+            (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1, e.g. 0.2"),
+            (self.max_failures >= -1, "--max-failures must be -1 (retry forever), 0 or more"),
+            (0 <= self.threshold_fpr <= 1, "--threshold-fpr is a rate between 0 and 1, e.g. 0.05"),
+            (self.max_pixels > 0, "--max-pixels must be positive"),
+            (self.weights in WEIGHT_CHOICES or (not storage.is_s3(self.weights) and os.path.isfile(self.weights)),
+             f"--weights must be {' or '.join(WEIGHT_CHOICES)}, or a local weights file; {self.weights!r} is neither"),
+            (_normal(self.data) != _normal(self.output), "--output must differ from --data"),
+            (not _normal(self.output).startswith(_normal(self.data).rstrip("/") + "/"),
+             "--output must not be inside --data (its files would be listed as training images)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The training recipe, as recorded in the checkpoint and metrics.json."""
+        return {"optimizer": self.optimizer, "lr": self.lr, "weight_decay": self.weight_decay,
+                "schedule": self.schedule, "loss": "CrossEntropyLoss", "label_smoothing": self.label_smoothing,
+                "batch_size": self.batch_size, "epochs": self.epochs, "seed": self.seed,
+                "crops_per_image": self.crops_per_image, "select_by": self.select_by,
+                "weights": self.weights, "threshold_fpr": self.threshold_fpr}
+
+    def make_preset(self) -> Preset:
+        """The preprocessing preset this run trains with (and its checkpoints record)."""
+        return get_preset(self.preset, image_size=self.image_size,
+                          **({"eval_size": self.eval_size} if self.eval_size else {}))
+
+
+def _normal(uri: str) -> str:
+    return uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
