@@ -164,7 +164,7 @@ def main(argv=None) -> None:
     from jobs.scan.listing import list_input
     from jobs.demo.s3_server import SeaweedS3Server
     from jobs.scan import ScanConfig, run
-    from jobs.scan.scorer import FETCH_CPUS
+    from jobs.scan.pipeline import FETCH_CPUS
 
     cps = args.cpus_per_scorer or (1.0 if args.use_gpu else max(0.5, args.threads - FETCH_CPUS))
     load = os.getloadavg()

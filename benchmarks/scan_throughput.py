@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     if args.images < 2:
         p.error("--images must be at least 2")
     if args.cpus_per_scorer is None:
-        from jobs.scan.scorer import FETCH_CPUS
+        from jobs.scan.pipeline import FETCH_CPUS
 
         args.cpus_per_scorer = 1.0 if args.use_gpu else max(0.5, args.threads - FETCH_CPUS)
     torch.set_num_threads(args.threads)

@@ -8,6 +8,7 @@ start an embedded Ray on this machine. ``run(config)`` functions never call this
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import ray
@@ -30,7 +31,7 @@ def ensure_ray(*, num_cpus: int | None = None, object_store_memory: int | None =
 
 
 class Progress:
-    """Rate-limited progress lines on stderr: ``label: done/total (rate/s)``."""
+    """Rate-limited progress lines on stderr (stdout keeps the jobs' results): ``label: done/total (rate/s)``."""
 
     def __init__(self, label: str, total: int | None = None, every_s: float = 5.0):
         self.label, self.total, self.every_s = label, total, every_s
@@ -48,4 +49,4 @@ class Progress:
         rate = self.done / max(time.monotonic() - self.start, 1e-9)
         total = f"/{self.total}" if self.total is not None else ""
         more = "".join(f" {k}={v}" for k, v in extra.items())
-        print(f"{self.label}: {self.done}{total} ({rate:.1f}/s){more}", flush=True)
+        print(f"{self.label}: {self.done}{total} ({rate:.1f}/s){more}", file=sys.stderr, flush=True)

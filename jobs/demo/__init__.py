@@ -27,12 +27,13 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.demo import local_ray
 
 BUCKETS = ("labelled", "uploads", "models", "reports")
 LABELLED, UPLOADS = "s3://labelled/", "s3://uploads/"
@@ -140,11 +141,11 @@ def run(config: DemoConfig) -> None:
         _maybe_fail(config, "server")
         _run_steps(config, work, start)
         if config.keep_server:
-            _stop_ray()
+            local_ray.stop()
             _keep_serving(server)
     finally:
         _on_signals(signal.SIG_IGN)  # a second Ctrl+C must not cut the clean-up short
-        _stop_ray()
+        local_ray.stop()
         server.stop()
         _on_signals(_interrupt)
 
@@ -162,7 +163,8 @@ def _run_steps(config: DemoConfig, work: Path, start: float) -> None:
     _maybe_fail(config, "samples")
 
     _step(3, f"train a detector: jobs.train --data {LABELLED} --output {MODEL}")
-    _start_ray()
+    local_ray.start(OBJECT_STORE_BYTES)
+    _on_signals(_interrupt)  # ray.init installs its own SIGTERM handler (sys.exit(15))
     record = train.run(train.TrainConfig(
         data=LABELLED, output=MODEL, preset="baseline", epochs=config.epochs,
         image_size=config.image_size, batch_size=config.batch_size, lr=config.lr, num_workers=1))
@@ -235,51 +237,6 @@ histogram {rel}/scores.png
 try:
   {sys.executable if not _in_venv() else '.venv/bin/python'} -c "import duckdb; print(duckdb.sql(\\"{query}\\"))"
 """, flush=True)
-
-
-def _start_ray() -> None:
-    """A local Ray of the demo's own, started after the AWS_* variables are set.
-
-    Not jobs.runtime.ensure_ray: that joins a cluster named by RAY_ADDRESS or left by
-    ``ray start`` in /tmp/ray, whose workers would not have this process's AWS_*
-    variables and cannot reach a loopback S3 server on another machine.
-    """
-    import logging
-
-    import ray
-    import ray.data
-    from ray.util.debug import log_once
-
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # as ensure_ray: no token auth for later `ray job submit`
-    # Ray Train's actors query the state API; with no address they look for "the" Ray
-    # on this machine and fail when several run. Point them at this one's dashboard.
-    port = _free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(address="local", dashboard_port=port, object_store_memory=OBJECT_STORE_BYTES,
-             logging_level=logging.WARNING, log_to_driver=True)  # workers' prints: epochs, errors
-    _on_signals(_interrupt)  # ray.init installs its own SIGTERM handler (sys.exit(15))
-    print(f"Ray: a local instance, {ray.cluster_resources().get('CPU', 0):g} CPUs, "
-          f"dashboard {os.environ['RAY_API_SERVER_ADDRESS']}", flush=True)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # one line per refresh when the output is not a terminal
-    ctx.enable_auto_log_stats = False
-    log_once("ray_data_progress_manager_disabled")  # marks Ray Data's "progress bars disabled" note as said
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO plans; warnings stay
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 def _keep_serving(server) -> None:

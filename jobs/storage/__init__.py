@@ -20,12 +20,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 
 from jobs.storage import local as _local
 from jobs.storage import s3 as _s3
+from jobs.storage.transfer import copy_prefix, delete_prefix, download_dir, replace_folder, upload_dir
+from jobs.storage.uri import Uri, is_s3, join, local_path_if_local, s3_folder, split_s3_uri
 
-Uri = Union[str, "os.PathLike[str]"]
+__all__ = ["IMAGE_EXTENSIONS", "ObjectInfo", "Uri", "copy_prefix", "delete_object", "delete_prefix", "download_dir",
+           "exists", "is_s3", "join", "list_objects", "list_prefixes", "local_path_if_local", "pyarrow_filesystem",
+           "read_bytes", "replace_folder", "s3_client", "s3_client_for", "split_s3_uri", "upload_dir", "write_bytes"]
 
 #: The suffixes ``list_objects`` keeps by default, compared lower-cased: the still and
 #: animated formats that cameras, phones, the web and image generators produce and PIL
@@ -44,35 +48,6 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: datetime  # UTC
-
-
-def is_s3(uri: Uri) -> bool:
-    """Whether ``uri`` is an ``s3://`` URI (anything else is a local path)."""
-    return isinstance(uri, str) and uri[:5].lower() == "s3://"
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
-    if not is_s3(uri):
-        raise ValueError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket:
-        raise ValueError(f"{uri!r} has no bucket name; expected s3://bucket/key")
-    return bucket, key
-
-
-def local_path_if_local(uri: Uri) -> str | None:
-    """The absolute path a local ``uri`` names, None for an s3:// URI."""
-    return None if is_s3(uri) else _local.local_path(uri)
-
-
-def join(uri: Uri, *parts: str) -> str:
-    """``join("s3://b/x/", "y", "z.png") == "s3://b/x/y/z.png"``; a part never restarts the path."""
-    names = [str(part).strip("/" + os.sep) for part in parts]
-    names = [name for name in names if name]
-    if is_s3(uri):
-        return "/".join([str(uri).rstrip("/"), *names])
-    return os.path.join(os.fspath(uri), *names)
 
 
 def list_objects(
@@ -99,7 +74,7 @@ def list_objects(
         if head is not None:
             yield ObjectInfo(uri=str(uri), **_s3.object_fields(head))
             return
-        for item in _s3.iter_objects(bucket, _s3_folder(str(uri))[1]):
+        for item in _s3.iter_objects(bucket, s3_folder(str(uri))[1]):
             if _suffix_in(item["Key"], wanted):
                 yield ObjectInfo(uri=f"s3://{bucket}/{item['Key']}", **_s3.object_fields(item))
 
@@ -115,7 +90,7 @@ def list_prefixes(uri: Uri) -> list[str]:
             return []
         with os.scandir(path) as entries:
             return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
-    bucket, prefix = _s3_folder(str(uri))
+    bucket, prefix = s3_folder(str(uri))
     with _s3.errors_explained(str(uri), bucket):
         pages = _s3.iter_pages(bucket, prefix, Delimiter="/")
         found = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", ())]
@@ -163,21 +138,7 @@ def exists(uri: Uri) -> bool:
             return _s3.bucket_exists(bucket)
         if not key.endswith("/") and _s3.head_object(bucket, key) is not None:
             return True
-        return _s3.prefix_has_objects(bucket, _s3_folder(str(uri))[1])
-
-
-def delete_prefix(uri: Uri) -> int:
-    """Delete a local folder, or every object under an S3 prefix; returns how many files.
-
-    Only that folder: refuses a whole bucket and ``/``. A missing folder is no error.
-    """
-    if not is_s3(uri):
-        return _local.delete_tree(_local.local_path(uri))
-    bucket, prefix = _s3_folder(str(uri))
-    if not prefix:
-        raise ValueError(f"refusing to delete the whole bucket {uri}; name a prefix")
-    with _s3.errors_explained(str(uri), bucket):
-        return _s3.delete_prefix(bucket, prefix)
+        return _s3.prefix_has_objects(bucket, s3_folder(str(uri))[1])
 
 
 def delete_object(uri: Uri) -> None:
@@ -190,84 +151,6 @@ def delete_object(uri: Uri) -> None:
     bucket, key = split_s3_uri(str(uri))
     with _s3.errors_explained(str(uri), bucket):
         _s3.retried(_s3.client().delete_object, Bucket=bucket, Key=key)
-
-
-def replace_folder(src_uri: Uri, dst_uri: Uri) -> None:
-    """Put the folder ``src_uri`` where ``dst_uri`` is, replacing what was there.
-
-    Locally one rename (readers see the old folder or the new one, never half); on S3
-    the old objects are deleted and the new ones copied server-side.
-    """
-    if not is_s3(src_uri) and not is_s3(dst_uri):
-        _local.replace_dir(_local.local_path(src_uri), _local.local_path(dst_uri))
-        return
-    delete_prefix(dst_uri)
-    copy_prefix(src_uri, dst_uri)
-    delete_prefix(src_uri)
-
-
-def upload_dir(local_dir: Uri, uri: Uri) -> int:
-    """Copy every file under ``local_dir`` to the same names under ``uri``; returns how many."""
-    files = _local.tree(_local.local_path(local_dir))
-    if not is_s3(uri):
-        return _local.copy_files(files, _local.local_path(uri))
-    bucket, prefix = _s3_folder(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
-        _s3.in_parallel(lambda f: _s3.client().upload_file(f[0], bucket, prefix + f[1]), files)
-    return len(files)
-
-
-def download_dir(uri: Uri, local_dir: Uri) -> int:
-    """Copy every object under ``uri`` into ``local_dir``; returns how many.
-
-    Keys that would land outside ``local_dir`` (``..``, absolute names) are refused
-    before anything is written. An S3 prefix without objects is a FileNotFoundError.
-    """
-    root = _local.local_path(local_dir)
-    if not is_s3(uri):
-        return _local.copy_files(_local.tree(_local.local_path(uri)), root)
-    bucket, prefix = _s3_folder(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
-        keys = [item["Key"] for item in _s3.iter_objects(bucket, prefix)]
-        if not keys:
-            raise FileNotFoundError(f"there are no objects under {uri}")
-        targets = [
-            (key, _local.path_inside(root, key[len(prefix):], f"s3://{bucket}/{key}"))
-            for key in keys
-        ]
-
-        def fetch(target: tuple[str, str]) -> None:
-            os.makedirs(os.path.dirname(target[1]), exist_ok=True)
-            _s3.client().download_file(bucket, target[0], target[1])
-
-        _s3.in_parallel(fetch, targets)
-    return len(targets)
-
-
-def copy_prefix(src_uri: Uri, dst_uri: Uri) -> int:
-    """Copy every object under ``src_uri`` to the same names under ``dst_uri``.
-
-    S3 to S3 copies server-side (CopyObject), e.g. to publish a scan's files from a
-    temporary prefix; other pairs upload, download or copy files. Returns how many.
-    """
-    if not is_s3(src_uri):
-        return upload_dir(src_uri, dst_uri)
-    if not is_s3(dst_uri):
-        return download_dir(src_uri, dst_uri)
-    src_bucket, src_prefix = _s3_folder(str(src_uri))
-    dst_bucket, dst_prefix = _s3_folder(str(dst_uri))
-    buckets = src_bucket if src_bucket == dst_bucket else f"{src_bucket} or {dst_bucket}"
-    with _s3.errors_explained(f"{src_uri} -> {dst_uri}", buckets):
-        items = list(_s3.iter_objects(src_bucket, src_prefix))
-        _s3.in_parallel(
-            lambda item: _s3.copy_object(
-                (src_bucket, item["Key"]),
-                (dst_bucket, dst_prefix + item["Key"][len(src_prefix):]),
-                item["Size"],
-            ),
-            items,
-        )
-    return len(items)
 
 
 def pyarrow_filesystem(uri: Uri) -> tuple[Any, str]:
@@ -283,13 +166,6 @@ def pyarrow_filesystem(uri: Uri) -> tuple[Any, str]:
     from pyarrow import fs as pafs  # here so that importing this module stays light
 
     return pafs.LocalFileSystem(), _local.local_path(uri)
-
-
-def _s3_folder(uri: str) -> tuple[str, str]:
-    """``s3://b/x`` and ``s3://b/x/`` -> ``("b", "x/")``; ``s3://b`` -> ``("b", "")``."""
-    bucket, key = split_s3_uri(uri)
-    key = key.rstrip("/")
-    return bucket, f"{key}/" if key else ""
 
 
 def _suffix_in(name: str, wanted: frozenset[str] | None) -> bool:

@@ -5,9 +5,9 @@ Three layouts, told apart by what is there (local folder or ``s3://`` prefix):
 - ``<root>/real/**`` and ``<root>/fake/**`` at any depth: split here;
 - ``<root>/train/{real,fake}/**`` and ``<root>/validation/{real,fake}/**`` (the original
   project's layout): split given;
-- a manifest file, ``.csv`` or ``.parquet``, with columns ``uri,label[,split]`` (``path`` or
-  ``file`` also name the image column; relative entries are relative to the manifest's
-  folder, so ``../shared/data/cifake-4k/manifest.csv`` works as it is).
+- a manifest (``uri,label[,split]``, CSV or Parquet, read by jobs/storage/manifest.py;
+  relative entries are relative to the manifest's folder, so
+  ``../shared/data/cifake-4k/manifest.csv`` works as it is).
 
 Labels are ``real``/``fake`` and splits ``train``/``validation``, in any case. The split
 made here is stratified and deterministic: within each class, images are ordered by a
@@ -23,19 +23,18 @@ report them (jobs/train/loop.py): listing reads no image.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import posixpath
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from detector.model import CLASSES
 from jobs import storage
+from jobs.storage.manifest import MANIFEST_SCHEMA, Manifest, is_manifest
 
 SPLITS = ("train", "validation")
-MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
-_URI_COLUMNS = ("uri", "path", "file")
 
 
 class DataError(ValueError):
@@ -70,7 +69,7 @@ class LabelledData:
 
 def list_labelled(uri: str, *, val_fraction: float = 0.2, seed: int = 0) -> LabelledData:
     """The labelled images under ``uri`` (folder, prefix or manifest), split."""
-    if _is_manifest(uri):
+    if is_manifest(uri):
         rows, layout = _read_manifest(uri), "manifest"
     else:
         rows, layout = _read_folders(uri)
@@ -106,10 +105,6 @@ def split_stratified(samples: list[Sample], val_fraction: float, seed: int) -> t
 
 def _rank(seed: int, uri: str) -> bytes:
     return hashlib.sha256(f"{seed}:{uri}".encode()).digest()
-
-
-def _is_manifest(uri: str) -> bool:
-    return uri.lower().endswith(MANIFEST_SUFFIXES) and (storage.is_s3(uri) or os.path.isfile(uri))
 
 
 def _read_folders(uri: str) -> tuple[list[tuple[str, int, str | None]], str]:
@@ -150,51 +145,32 @@ def _relative_parts(obj: str, root: str) -> list[str]:
 
 
 def _read_manifest(uri: str) -> list[tuple[str, int, str | None]]:
-    import pandas as pd
-
+    need = "a training manifest needs a column uri (or path, file) and a column label"
     try:
-        raw = storage.read_bytes(uri)
+        reader = Manifest(uri)
+        if reader.columns["label"] is None:
+            raise ValueError("it has no column label")
+        table = pa.concat_tables([*reader.tables(), MANIFEST_SCHEMA.empty_table()])
     except FileNotFoundError as e:
         raise DataError(f"--data {uri}: {e}") from None
-    try:
-        if uri.lower().endswith(".csv"):
-            table = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
-        else:
-            table = pd.read_parquet(io.BytesIO(raw))
-    except Exception as e:  # pandas/pyarrow raise many types for a malformed file
-        raise DataError(f"--data {uri}: cannot read the manifest: {type(e).__name__}: {e}") from None
-    columns = {c.lower(): c for c in table.columns}
-    uri_col = next((columns[c] for c in _URI_COLUMNS if c in columns), None)
-    if uri_col is None or "label" not in columns:
-        raise DataError(
-            f"--data {uri}: a manifest needs a column uri (or path, file) and a column label; "
-            f"it has {list(table.columns)}"
-        )
-    base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else os.path.dirname(os.path.abspath(uri))
-    labels = _column(table[columns["label"]], CLASSES, "label", uri)
-    splits = (_column(table[columns["split"]], SPLITS, "split", uri) if "split" in columns
-              else [None] * len(table))
-    return [
-        (_resolve(str(u), base), CLASSES.index(lab), split)
-        for u, lab, split in zip(table[uri_col], labels, splits)
-    ]
+    except ValueError as e:
+        raise DataError(f"--data {uri}: {need}: {e}") from None
+    if reader.dropped:
+        shown = ", ".join(f"{n} ({why})" for why, n in reader.dropped.most_common())
+        print(f"warning: --data {uri}: rows left out: {shown}", flush=True)
+    labels = _column(table["label"].to_pylist(), CLASSES, "label", uri)
+    splits = (_column(table["split"].to_pylist(), SPLITS, "split", uri) if reader.columns["split"]
+              else [None] * table.num_rows)
+    return [(u, CLASSES.index(lab), split) for u, lab, split in zip(table["uri"].to_pylist(), labels, splits)]
 
 
 def _column(values: Any, allowed: tuple[str, ...], name: str, uri: str) -> list[str]:
-    found = [str(v).strip().lower() for v in values]
+    found = [str(v or '').strip().lower() for v in values]
     bad = Counter(v for v in found if v not in allowed)
     if bad:
         shown = ", ".join(f"{v!r} ({n} rows)" for v, n in bad.most_common(5))
         raise DataError(f"--data {uri}: unknown {name} values {shown}; a {name} is one of {', '.join(allowed)}")
     return found
-
-
-def _resolve(entry: str, base: str) -> str:
-    if storage.is_s3(entry) or os.path.isabs(entry):
-        return entry
-    if storage.is_s3(base):
-        return posixpath.normpath(f"{base}/{entry}").replace("s3:/", "s3://", 1)
-    return os.path.normpath(os.path.join(base, entry))
 
 
 def _check_unique(rows: list[tuple[str, int, str | None]], uri: str) -> None:

@@ -26,7 +26,7 @@ def ray_local():
 @pytest.fixture(autouse=True)
 def scans_use_ray_data(monkeypatch):
     """Scans in these tests take the Ray Data path whatever their size (``--executor
-    auto`` would score small ones in the driver); tests/jobs/test_scan_local.py runs the
+    auto`` would score small ones in the driver); tests/jobs/scan/test_scan_local.py runs the
     local path by asking for it."""
     monkeypatch.setattr("jobs.scan.pipeline.LOCAL_MAX_OBJECTS", 0)
 

@@ -2,7 +2,7 @@
 round-trip, the review page in headless Chromium (hostile keys stay text, no script
 runs), and every snippet of docs/ANALYSTS.md.
 
-    .venv/bin/python -m pytest tests/jobs/test_report.py -q
+    .venv/bin/python -m pytest tests/jobs/report/test_report.py -q
 
 One module-level real scan (jobs.scan.run on tiny images, random weights) plus
 synthetic reports written in the exact schema through jobs.report.store (several scan

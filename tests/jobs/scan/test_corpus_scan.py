@@ -1,10 +1,10 @@
 """The hostile corpus scanned from a folder by the real scan job, the 48-megapixel photo
-included (tests/jobs/test_scan.py scans the corpus without it, and checks each row's
+included (tests/jobs/scan/test_scan.py scans the corpus without it, and checks each row's
 columns): the set of report URIs equals the image files on disk, the counts agree, the
 big photo is scored at full size, and a decompression bomb is refused without its
 pixels ever being allocated (peak RSS of a process decoding only the bomb).
 
-    .venv/bin/python -m pytest tests/jobs/test_corpus_scan.py -q
+    .venv/bin/python -m pytest tests/jobs/scan/test_corpus_scan.py -q
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ row and that the counts say so:
 - the scan driver (``python -m jobs.scan``) SIGKILLed once staging has begun, then the
   same --scan-id re-run: nothing of the killed attempt is visible, the re-run is whole.
 
-A training worker killed mid-run is tests/jobs/test_train.py's (resume from checkpoint).
+A training worker killed mid-run is tests/jobs/train/test_train.py's (resume from checkpoint).
 
-    .venv/bin/python -m pytest tests/jobs/test_faults.py -q
+    .venv/bin/python -m pytest tests/jobs/scan/test_faults.py -q
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The scan job on a local folder: one row per image, error rows, thumbnails, heat maps
 equal to pytorch-grad-cam's, readable by pandas, pyarrow and DuckDB, atomic publishing.
 
-    .venv/bin/python -m pytest tests/jobs/test_scan.py -q
+    .venv/bin/python -m pytest tests/jobs/scan/test_scan.py -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``--executor local``: small scans in the driver give the same report as Ray Data.
 
-    .venv/bin/python -m pytest tests/jobs/test_scan_local.py -q
+    .venv/bin/python -m pytest tests/jobs/scan/test_scan_local.py -q
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.report import store as report_store
-from jobs.scan import ScanConfig, choose_executor, run
-from jobs.scan.pipeline import LOCAL_MAX_OBJECTS
+from jobs.scan import ScanConfig, run
+from jobs.scan.pipeline import LOCAL_MAX_OBJECTS, choose_executor
 from tests.corpus import ERROR
 from tests.helpers import make_input, save_model
 
@@ -73,12 +73,11 @@ def test_local_scan_writes_part_files_of_rows_per_file_and_publishes(scans):
 
 
 def test_auto_scores_small_cpu_scans_locally_and_the_rest_on_ray_data(monkeypatch):
-    monkeypatch.setattr("jobs.scan.LOCAL_MAX_OBJECTS", LOCAL_MAX_OBJECTS)  # undo the conftest default
-    config = ScanConfig(input="in", model="m", output="o")
-    assert choose_executor(config, LOCAL_MAX_OBJECTS) == "local"
-    assert choose_executor(config, LOCAL_MAX_OBJECTS + 1) == "ray"
-    assert choose_executor(ScanConfig(input="in", model="m", output="o", use_gpu=True), 1) == "ray"
-    assert choose_executor(ScanConfig(input="in", model="m", output="o", executor="ray"), 1) == "ray"
+    monkeypatch.setattr("jobs.scan.pipeline.LOCAL_MAX_OBJECTS", LOCAL_MAX_OBJECTS)  # undo the conftest default
+    assert choose_executor("auto", LOCAL_MAX_OBJECTS, use_gpu=False) == "local"
+    assert choose_executor("auto", LOCAL_MAX_OBJECTS + 1, use_gpu=False) == "ray"
+    assert choose_executor("auto", 1, use_gpu=True) == "ray"
+    assert choose_executor("ray", 1, use_gpu=False) == "ray"
     with pytest.raises(ValueError, match="--executor must be one of auto, ray, local"):
         ScanConfig(input="in", model="m", output="o", executor="spark")
 

@@ -1,7 +1,7 @@
 """The scan's parts without Ray: manifests, the incremental index, the fetch stage and the
 Scorer called directly.
 
-    .venv/bin/python -m pytest tests/jobs/test_scan_parts.py -q
+    .venv/bin/python -m pytest tests/jobs/scan/test_scan_parts.py -q
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from jobs.report.schema import FILE_SCHEMA
 from jobs.scan import incremental
 from jobs.scan.incremental import ScoredIndex
 from jobs.scan.listing import LISTING_SCHEMA, list_input
-from jobs.scan.scorer import Scorer, fetch_and_prepare
+from jobs.scan.fetch import fetch_and_prepare
+from jobs.scan.scorer import Scorer
 
 
 def jpeg(color=(200, 30, 30), size=(40, 30)) -> bytes:

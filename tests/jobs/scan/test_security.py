@@ -13,7 +13,7 @@
 SeaweedFS refuses to store keys with ``..`` segments (real S3 stores them), so the
 hostile keys reach the scan through a manifest, as an S3 Inventory would hand them over.
 
-    .venv/bin/python -m pytest tests/jobs/test_security.py -q
+    .venv/bin/python -m pytest tests/jobs/scan/test_security.py -q
 """
 
 from __future__ import annotations

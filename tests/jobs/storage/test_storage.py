@@ -1,6 +1,6 @@
 """Unit tests of jobs.storage: local paths in tmp_path, S3 against moto's server.
 
-    pytest tests/jobs/test_storage.py
+    pytest tests/jobs/storage/test_storage.py
 
 moto stands in for S3 at unit level only (it keeps keys such as ``../x`` that real
 servers refuse); tests/jobs/test_s3_server.py runs the same calls on SeaweedFS.
