@@ -84,11 +84,3 @@ def score_batch(
     prob = F.softmax(logits.float(), dim=1)[:, FAKE]
     cam = class_activation_map(features, cam_weights(model, class_index, target))
     return Scores(prob_fake=prob, logits=logits.float(), cam=cam)
-
-
-def upsample_cam(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) maps -> (B, H, W), bilinear with half-pixel centres (as cv2.resize), then
-    each map rescaled to [0, 1] again, as pytorch-grad-cam does after its resize."""
-    up = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
-    up = up - up.flatten(1).min(dim=1).values.view(-1, 1, 1)
-    return up / (up.flatten(1).max(dim=1).values.view(-1, 1, 1) + 1e-7)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from detector.checkpoint import save_checkpoint
@@ -147,3 +148,11 @@ def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+def upsample_cam(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) maps -> (B, H, W), bilinear with half-pixel centres (as cv2.resize), then
+    each map rescaled to [0, 1] again, as pytorch-grad-cam does after its resize."""
+    up = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+    up = up - up.flatten(1).min(dim=1).values.view(-1, 1, 1)
+    return up / (up.flatten(1).max(dim=1).values.view(-1, 1, 1) + 1e-7)

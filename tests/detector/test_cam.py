@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from detector.cam import score_batch, upsample_cam
+from detector.cam import score_batch
 from detector.explain import explain
 from detector.model import FAKE, REAL
+from tests.helpers import upsample_cam
 
 
 @pytest.mark.parametrize("class_index", [FAKE, REAL])

@@ -21,14 +21,13 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.cam import upsample_cam
 from detector.checkpoint import load_checkpoint
 from detector.explain import explain
 from jobs.report import store as report_store
 from jobs.report.schema import FILE_SCHEMA, REPORT_SCHEMA
 from jobs.scan import ScanConfig, main, run
 from tests.corpus import ERROR
-from tests.helpers import make_input, save_model
+from tests.helpers import make_input, save_model, upsample_cam
 
 pytestmark = pytest.mark.slow
 

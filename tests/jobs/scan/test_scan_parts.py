@@ -20,9 +20,9 @@ from detector.model import build_model
 from detector.presets import get_preset
 from jobs.report.schema import FILE_SCHEMA
 from jobs.scan import incremental
+from jobs.scan.fetch import fetch_and_prepare
 from jobs.scan.incremental import ScoredIndex
 from jobs.scan.listing import LISTING_SCHEMA, list_input
-from jobs.scan.fetch import fetch_and_prepare
 from jobs.scan.scorer import Scorer
 
 
