@@ -1,7 +1,7 @@
 """Batched scoring with a Grad-CAM heat map for every image, no backward pass.
 
-ResNet18 ends in global average pooling and one linear layer, so for the feature maps
-``A`` of ``layer4`` (B, 512, h, w) and the class score ``y_c = sum_k W[c,k] mean(A_k) + b_c``
+The detector ends in global average pooling and one linear layer, so for the feature maps
+``A`` of its last stage (B, C, h, w) and the class score ``y_c = sum_k W[c,k] mean(A_k) + b_c``
 the Grad-CAM weights are ``dy_c/dA_k = W[c,k] / (h*w)``, constant over space, and
 Grad-CAM is ``ReLU(sum_k W[c,k] A_k)`` up to a positive factor (Grad-CAM paper,
 section 3.1, "Grad-CAM generalizes CAM"). The map therefore costs one einsum on
@@ -36,12 +36,11 @@ class Scores:
     cam: torch.Tensor  # (B, h, w) float32, each map scaled to [0, 1] (7x7 at 224 px)
 
 
-def resnet_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward a torchvision ResNet, returning (layer4 features (B, C, h, w), logits (B, K))."""
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    a = model.layer4(model.layer3(model.layer2(model.layer1(x))))  # (B, 512, h, w)
-    logits = model.fc(torch.flatten(model.avgpool(a), 1))  # (B, K)
-    return a, logits
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward a detector (detector.model.Detector18), returning (last-stage features
+    (B, C, h, w), logits (B, K)): the features the heat map is made of, from the same pass."""
+    a = model.features(x)  # (B, C, h, w)
+    return a, model.fc(a.mean(dim=(2, 3)))  # GAP then the linear head: (B, K)
 
 
 def cam_weights(model: nn.Module, class_index: int = FAKE, target: Target = "log_odds") -> torch.Tensor:
@@ -57,7 +56,12 @@ def class_activation_map(features: torch.Tensor, weights: torch.Tensor) -> torch
     """ReLU(sum_k w_k A_k), then each map min-max scaled to [0, 1] as pytorch-grad-cam does.
 
     features: (B, C, h, w); weights: (C,) -> (B, h, w)."""
-    cam = torch.einsum("bchw,c->bhw", features.float(), weights.float()).clamp_(min=0)
+    return normalise_cam(torch.einsum("bchw,c->bhw", features.float(), weights.float()))
+
+
+def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) raw maps ``sum_k w_k A_k`` -> ReLU, each map min-max scaled to [0, 1]."""
+    cam = cam.clamp(min=0)
     flat = cam.flatten(1)
     lo = flat.min(dim=1).values.view(-1, 1, 1)
     cam = cam - lo
@@ -80,7 +84,7 @@ def score_batch(
     """
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got {tuple(x.shape)}")
-    features, logits = resnet_features(model, x)
+    features, logits = features_and_logits(model, x)
     prob = F.softmax(logits.float(), dim=1)[:, FAKE]
     cam = class_activation_map(features, cam_weights(model, class_index, target))
     return Scores(prob_fake=prob, logits=logits.float(), cam=cam)

@@ -27,7 +27,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from detector.errors import CheckpointError
-from detector.model import ARCHITECTURE, CLASSES, build_model
+from detector.model import CLASSES, ModelSpec, build_model
+
+ARCHITECTURE = "resnet18"  # the family every genscan model belongs to (detector.model)
 from detector.presets import Preset, preset_from_dict
 from detector.weights import is_pickle, state_dict_from_bytes
 
@@ -64,6 +66,8 @@ def model_version(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     scoring = {k: meta[k] for k in ("architecture", "classes", "preset", "threshold")}
+    if "model" in meta:  # absent in checkpoints from before detector.model.ModelSpec: their hash stays
+        scoring["model"] = meta["model"]
     h.update(json.dumps(scoring, sort_keys=True).encode())
     return "sha256-" + h.hexdigest()[:16]
 
@@ -84,6 +88,7 @@ def save_checkpoint(
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "architecture": ARCHITECTURE,
+        "model": getattr(_unwrap(model), "spec", ModelSpec()).to_dict(),
         "classes": list(CLASSES),
         "preset": preset.to_dict(),
         "threshold": float(threshold),
@@ -137,7 +142,11 @@ def load_checkpoint_bytes(data: bytes, *, source: str = "the checkpoint", device
         raise CheckpointError(f"{source}: malformed metadata ({type(e).__name__}: {e})") from None
     if expected != actual:
         raise CheckpointError(f"{source}: content hash {actual} does not match the recorded {expected}; the file was altered or damaged")
-    model = build_model("none", num_classes=len(meta["classes"]))
+    try:
+        spec = ModelSpec(**meta.get("model", {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: its model is not one this genscan builds ({e})") from None
+    model = build_model("none", num_classes=len(meta["classes"]), arch=spec)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

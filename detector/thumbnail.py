@@ -1,7 +1,7 @@
 """Thumbnails for moderators: the picture with its heat map blended in, as JPEG bytes.
 
-The heat map covers the region the model saw (``Preset.view_box``); the thumbnail shows
-that region with its aspect ratio kept, longest side ``size`` pixels.
+The heat map covers the whole picture (detector.inference); the thumbnail shows the
+picture with its aspect ratio kept, longest side ``size`` pixels.
 
     python -c "from detector.thumbnail import render_thumbnail; help(render_thumbnail)"
 """

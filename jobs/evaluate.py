@@ -33,7 +33,7 @@ from PIL import Image
 
 from detector.decode import DEFAULT_MAX_PIXELS, decode_image
 from detector.errors import DetectorError, ImageDecodeError
-from detector.inference import Detector
+from detector.inference import Detector, score_images
 from detector.model import FAKE
 from detector.presets import reencode_jpeg
 from jobs import storage
@@ -186,15 +186,16 @@ def _evaluate(detector: Detector, images: list[_Image], transform: Callable | No
     ok = [im for im in images if im.image is not None]
     scores = np.empty(len(ok), dtype=np.float64)
 
-    def prepare(im: _Image) -> torch.Tensor:
+    def prepare(im: _Image) -> tuple[torch.Tensor, np.ndarray, int, int]:
         img = transform(im.image) if transform else im.image
-        return detector.preset.prepare(img)
+        return (*detector.preset.prepare(img), img.width, img.height)  # the scan's geometry
 
     with ThreadPoolExecutor(config.threads) as pool:
         for i in range(0, len(ok), config.batch_size):
             chunk = ok[i : i + config.batch_size]
-            pixels = torch.stack(list(pool.map(prepare, chunk)))
-            scores[i : i + len(chunk)] = detector.score(pixels).prob_fake.numpy()
+            scored = score_images(detector.model, detector.preset, list(pool.map(prepare, chunk)),
+                                  memory_format=detector.memory_format)
+            scores[i : i + len(chunk)] = [s.prob_fake for s in scored]
     labels = np.array([im.sample.label == FAKE for im in ok], dtype=bool)
     metrics = binary_metrics(scores, labels, detector.threshold)
     metrics["skipped"] = {im.sample.uri: im.error for im in images if im.image is None}

@@ -37,7 +37,8 @@ FILE_SCHEMA = pa.schema([
     pa.field("flagged", pa.bool_()),  # score >= threshold; null on error
     pa.field("threshold", pa.float32()),  # the operating threshold of this scan
     pa.field("thumbnail", pa.binary()),  # JPEG, heat map blended in; null per --thumbnails or on error
-    pa.field("cam", pa.list_(pa.float32())),  # heat map, row-major h x w (h = w = image_size / 32); null on error
+    pa.field("cam", pa.list_(pa.float32())),  # heat map over the whole picture, row-major h x w (h, w <= 32); null on error
+    pa.field("cam_width", pa.int32()),  # w: the map is len(cam) / cam_width rows of cam_width cells
     pa.field("model_version", pa.string()),  # content hash of the checkpoint
     pa.field("error", pa.string()),  # why the image was not scored; null when scored
     pa.field("scanned_at", pa.timestamp("us", tz="UTC")),

@@ -6,7 +6,9 @@ row's ``error`` and flows through the scorer into the report. Between this stage
 
     uri, etag        object (str / None)
     size_bytes       int64 (B,)            -1 when unknown
-    pixels           uint8 (B, 3, S, S)    model input before normalisation; zeros on error
+    tiles            object (B,)           raw uint8 (n, 3, h, w) model inputs (bytes), b"" on error
+    tiles_shape      int32 (B, 4)          their shape (n, 3, h, w)
+    boxes            object (B,)           raw int32 (n, 4) tile boxes in the picture (bytes)
     view             object (B,)           raw uint8 h x w x 3 thumbnail base (bytes), b"" if unused
     view_hw          int32 (B, 2)          its height and width
     width, height    int32 (B,)            decoded size; 0 on error
@@ -42,13 +44,14 @@ def fetch_and_prepare(
 ) -> dict[str, np.ndarray]:
     """Listing rows (uri, etag, size_bytes) -> decoded model inputs (see the module doc)."""
     p = preset_from_dict(preset)
-    s = p.input_size  # prepare()'s output side
     n = len(batch["uri"])
     out: dict[str, np.ndarray] = {
         "uri": batch["uri"],
         "etag": batch["etag"],
         "size_bytes": np.array([-1 if v is None or v != v else int(v) for v in batch["size_bytes"]], np.int64),
-        "pixels": np.zeros((n, 3, s, s), np.uint8),
+        "tiles": np.full(n, b"", dtype=object),
+        "tiles_shape": np.zeros((n, 4), np.int32),
+        "boxes": np.full(n, b"", dtype=object),
         "view": np.full(n, b"", dtype=object),
         "view_hw": np.zeros((n, 2), np.int32),
         "width": np.zeros(n, np.int32),
@@ -76,7 +79,9 @@ def fetch_and_prepare(
         except Exception as e:  # noqa: BLE001
             out["error"][i] = f"decode: {type(e).__name__}: {e}"
             return
-        out["pixels"][i] = image.pixels.numpy()
+        out["tiles"][i] = image.tiles.numpy().tobytes()
+        out["tiles_shape"][i] = image.tiles.shape
+        out["boxes"][i] = image.boxes.astype(np.int32).tobytes()
         if keep_view:
             out["view"][i] = np.ascontiguousarray(image.view).tobytes()
             out["view_hw"][i] = image.view.shape[:2]

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from detector.checkpoint import load_checkpoint_bytes
-from detector.inference import Detector
+from detector.inference import Detector, score_images
 from detector.thumbnail import render_thumbnail
 from jobs.report.schema import FILE_SCHEMA, decide
 
@@ -64,18 +64,16 @@ class Scorer:
         cams: list[np.ndarray | None] = [None] * n
         thumbs: list[bytes | None] = [None] * n
         if idx.size:
-            pixels = batch["pixels"] if idx.size == n else batch["pixels"][idx]  # (b, 3, S, S)
-            with warnings.catch_warnings():  # Ray hands out read-only arrays; torch only reads them
-                warnings.simplefilter("ignore", UserWarning)
-                s = self.detector.score(torch.from_numpy(pixels))
-            prob, cam = s.prob_fake.numpy(), s.cam.numpy()  # (b,), (b, h, w)
-            score[idx] = prob
-            for j, i in enumerate(idx):
-                cams[i] = cam[j].reshape(-1)
-                if self.thumbnails == "all" or (self.thumbnails == "flagged" and prob[j] >= self.threshold):
+            images = [(_tiles(batch, i), np.frombuffer(batch["boxes"][i], np.int32).reshape(-1, 4),
+                       int(batch["width"][i]), int(batch["height"][i])) for i in idx]
+            scores = score_images(self.detector.model, self.detector.preset, images,
+                                  memory_format=self.detector.memory_format)
+            for s, i in zip(scores, idx):
+                score[i], cams[i] = s.prob_fake, s.cam
+                if self.thumbnails == "all" or (self.thumbnails == "flagged" and s.prob_fake >= self.threshold):
                     h, w = batch["view_hw"][i]
                     view = np.frombuffer(batch["view"][i], np.uint8).reshape(h, w, 3)
-                    thumbs[i] = render_thumbnail(view, cam[j])
+                    thumbs[i] = render_thumbnail(view, s.cam)
         return self._table(batch, ok, score, cams, thumbs, error)
 
     def _table(self, batch, ok, score, cams, thumbs, error) -> pa.Table:
@@ -86,7 +84,8 @@ class Scorer:
         fmt = np.array(batch["format"], dtype=object)
         fmt[bad] = None
         cam_lengths = np.array([0 if c is None else c.size for c in cams], np.int32)
-        cam_values = np.concatenate([c for c in cams if c is not None] or [np.zeros(0, np.float32)])
+        cam_width = np.array([0 if c is None else c.shape[1] for c in cams], np.int32)
+        cam_values = np.concatenate([c.reshape(-1) for c in cams if c is not None] or [np.zeros(0, np.float32)])
         cam_offsets = np.concatenate([[0], np.cumsum(cam_lengths)]).astype(np.int32)
         now = datetime.now(timezone.utc)
         columns = {
@@ -104,11 +103,19 @@ class Scorer:
             "thumbnail": pa.array(thumbs, pa.binary()),
             "cam": pa.ListArray.from_arrays(pa.array(cam_offsets), pa.array(cam_values, pa.float32()),
                                             mask=pa.array(bad)),
+            "cam_width": pa.array(cam_width, pa.int32(), mask=bad),
             "model_version": pa.array([self.detector.model_version] * n, pa.string()),
             "error": pa.array(error, pa.string()),
             "scanned_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
         }
         return pa.table(columns, schema=FILE_SCHEMA)
+
+
+def _tiles(batch: dict[str, np.ndarray], i: int) -> torch.Tensor:
+    """Row ``i``'s uint8 tiles (n, 3, h, w), without copying Ray's read-only buffer."""
+    with warnings.catch_warnings():  # torch warns about read-only arrays; it only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.frombuffer(batch["tiles"][i], np.uint8).reshape(tuple(batch["tiles_shape"][i])))
 
 
 def _assigned_cpus() -> int:

@@ -61,7 +61,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from detector.errors import DetectorError
-from detector.model import build_model
+from detector.model import ARCHITECTURES, build_model
 from detector.presets import PRESETS
 from jobs import storage
 from jobs.runtime import ensure_ray
@@ -93,8 +93,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="learning rate per step: constant, or linear warm-up (first 10%%) then cosine to 0")
     p.add_argument("--label-smoothing", type=float, default=None, help="cross-entropy label smoothing")
     p.add_argument("--image-size", type=int, default=None, help="model input size in pixels (native: the train crop)")
-    p.add_argument("--eval-size", type=int, default=None,
-                   help="native preset: side of the centre crop scored in validation and scans")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="native preset: pictures up to this size are scored whole, larger ones in tiles of it "
+                        "(validation and scans; default 512)")
+    p.add_argument("--max-tiles", type=int, default=None,
+                   help="native preset: most tiles scored per picture, the cost bound (default 4: 1024 x 1024 whole)")
+    p.add_argument("--arch", default=None, choices=sorted(ARCHITECTURES),
+                   help="the network: resnet18 (torchvision's, whole) or resnet18-npr (NPR input, stem + layer1-2)")
     p.add_argument("--crops-per-image", type=int, default=None,
                    help="training samples drawn from each image per epoch (native: a new random crop each)")
     p.add_argument("--select-by", default=None, choices=SELECT_BY,
@@ -173,7 +178,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
 def loop_config(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
     """Everything the workers need: the typed config itself (a frozen dataclass travels
     as it is), the split as ``(uri, label)`` lists, one object ref for initial weights."""
-    init = None if config.weights == "none" else ray.put(build_model(config.weights).state_dict())
+    init = None if config.weights == "none" else ray.put(build_model(config.weights, arch=config.arch).state_dict())
     return {
         "config": config,
         "train": [(s.uri, s.label) for s in data.train],

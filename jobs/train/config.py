@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from detector.decode import DEFAULT_MAX_PIXELS
-from detector.model import WEIGHT_CHOICES
+from detector.model import ARCHITECTURES, WEIGHT_CHOICES
 from detector.presets import PRESETS, Preset, get_preset
 from jobs import storage
 
-NATIVE_CROP, NATIVE_EVAL, NATIVE_EPOCHS, NATIVE_CROPS_PER_IMAGE = 96, 320, 24, 4  # docs/QUALITY.md
+NATIVE_CROP, NATIVE_EPOCHS, NATIVE_CROPS_PER_IMAGE = 96, 16, 4  # docs/QUALITY.md
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 SELECT_BY = ("val_accuracy", "val_auc")
@@ -27,12 +27,12 @@ SELECT_BY = ("val_accuracy", "val_auc")
 RECIPES: dict[str, dict[str, Any]] = {
     # the original project, exactly
     "baseline": dict(epochs=10, batch_size=32, lr=0.003, optimizer="adam", weight_decay=0.0,
-                     schedule="constant", label_smoothing=0.0, image_size=224, eval_size=None, crops_per_image=1,
+                     schedule="constant", label_smoothing=0.0, image_size=224, crops_per_image=1, arch="resnet18",
                      select_by="val_accuracy"),
     # from scratch at native resolution: small random crops make many cheap steps; eval on a
     # larger centre crop; AdamW + warm-up/cosine and label smoothing (docs/QUALITY.md)
     "native": dict(epochs=NATIVE_EPOCHS, batch_size=32, lr=0.001, optimizer="adamw", weight_decay=0.05,
-                   schedule="cosine", label_smoothing=0.1, image_size=NATIVE_CROP, eval_size=NATIVE_EVAL,
+                   schedule="cosine", label_smoothing=0.1, image_size=NATIVE_CROP, arch="resnet18-npr",
                    crops_per_image=NATIVE_CROPS_PER_IMAGE, select_by="val_auc"),
 }
 
@@ -51,7 +51,9 @@ class TrainConfig:
     schedule: str | None = None
     label_smoothing: float | None = None
     image_size: int | None = None  # the train crop (native) or resize (baseline)
-    eval_size: int | None = None  # native only: the centre crop scored (validation, scan)
+    tile_size: int | None = None  # native only: the largest region scored in one pass (validation, scan)
+    max_tiles: int | None = None  # native only: tiles per picture larger than tile_size (cost bound)
+    arch: str | None = None  # detector.model.ARCHITECTURES
     crops_per_image: int | None = None  # training samples per image per epoch (native: random crops)
     select_by: str | None = None  # the validation metric that picks the published epoch
     weights: str = "none"
@@ -85,9 +87,10 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1), e.g. 0.1"),
-            (self.image_size >= 16, "--image-size must be at least 16 (ResNet18 downsamples 32x)"),
-            (self.eval_size is None or (self.preset == "native" and self.eval_size >= 16),
-             "--eval-size is for --preset native only, and at least 16"),
+            (16 <= self.image_size <= 4096, "--image-size must be 16-4096"),
+            ((self.tile_size is None and self.max_tiles is None) or self.preset == "native",
+             "--tile-size and --max-tiles are for --preset native only"),
+            (self.arch in ARCHITECTURES, f"--arch must be one of {', '.join(ARCHITECTURES)}"),
             (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1, e.g. 0.2"),
             (self.max_failures >= -1, "--max-failures must be -1 (retry forever), 0 or more"),
             (0 <= self.threshold_fpr <= 1, "--threshold-fpr is a rate between 0 and 1, e.g. 0.05"),
@@ -109,12 +112,12 @@ class TrainConfig:
                 "schedule": self.schedule, "loss": "CrossEntropyLoss", "label_smoothing": self.label_smoothing,
                 "batch_size": self.batch_size, "epochs": self.epochs, "seed": self.seed,
                 "crops_per_image": self.crops_per_image, "select_by": self.select_by,
-                "weights": self.weights, "threshold_fpr": self.threshold_fpr}
+                "weights": self.weights, "threshold_fpr": self.threshold_fpr, "arch": self.arch}
 
     def make_preset(self) -> Preset:
         """The preprocessing preset this run trains with (and its checkpoints record)."""
-        return get_preset(self.preset, image_size=self.image_size,
-                          **({"eval_size": self.eval_size} if self.eval_size else {}))
+        sizes = {k: v for k, v in (("tile_size", self.tile_size), ("max_tiles", self.max_tiles)) if v is not None}
+        return get_preset(self.preset, image_size=self.image_size, **sizes)
 
 
 def _normal(uri: str) -> str:

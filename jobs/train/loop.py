@@ -40,11 +40,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from detector.model import FAKE, build_model
+from detector.inference import score_images
+from detector.model import build_model
 from jobs.metrics import json_safe, validation_metrics
 from jobs.runtime import Progress
 from jobs.train.config import TrainConfig
-from jobs.train.images import LabelledImages
+from jobs.train.images import LabelledImages, collate_crops, collate_images
 from jobs.train.run_state import TrainState, epoch_dir_name, read_epoch, write_epoch
 
 # Measured here (1 thread, ResNet18 train step): channels_last is 1.4x faster at 224 px
@@ -66,7 +67,7 @@ def train_loop(loop: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(f"{cfg.seed}:{rank}")  # the presets' augmentations draw from `random`
-    model = build_model("none")
+    model = build_model("none", arch=cfg.arch)
     if loop["init_weights"] is not None:
         model.load_state_dict(ray.get(loop["init_weights"]))
     optimizer_state, state = _restore(model, rank, world)
@@ -75,17 +76,19 @@ def train_loop(loop: dict[str, Any]) -> None:
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     train_loader, val_loader = _loaders(loop, preset, rank, world, cpus, device)
-    to_device = dict(device=device, memory_format=memory_format, non_blocking=True)
+
+    def to_input(x: torch.Tensor) -> torch.Tensor:  # uint8 (B, 3, h, w) -> normalised, on the device
+        return preset.normalize(x.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         start = time.monotonic()
         train_loader.sampler.set_epoch(epoch)
         progress = Progress(f"epoch {epoch}/{cfg.epochs} train images", len(train_loader.dataset), every_s=10)
         lr_at = _lr_schedule(cfg, first_step=(epoch - 1) * len(train_loader), steps=cfg.epochs * len(train_loader))
-        train = _train_one_epoch(model, train_loader, optimizer, to_device, progress if rank == 0 else None, world,
+        train = _train_one_epoch(model, train_loader, optimizer, to_input, progress if rank == 0 else None, world,
                                  lr_at, cfg.label_smoothing)
         train_seconds = time.monotonic() - start
-        val = _evaluate(_bare(model), val_loader, to_device, cfg.threshold_fpr)
+        val = _evaluate(_bare(model), preset, val_loader, memory_format, cfg.threshold_fpr)
         for found in _gather({**train.pop("skipped"), **val.pop("skipped")}):
             state.skipped.update(found)
         entry = {"epoch": epoch, **train, **val, "seconds": round(time.monotonic() - start, 3),
@@ -119,10 +122,8 @@ def _loaders(loop, preset, rank, world, cpus, device) -> tuple[DataLoader, DataL
     ``world``-th validation image."""
     cfg = loop["config"]
     per_worker_batch = cfg.batch_size // world
-    train_set = LabelledImages(loop["train"], preset.train_transform, preset, cfg.max_pixels,
-                               repeats=cfg.crops_per_image)
-    val_set = LabelledImages(loop["validation"][rank::world], preset.eval_transform, preset, cfg.max_pixels,
-                             train=False)
+    train_set = LabelledImages(loop["train"], preset, cfg.max_pixels, repeats=cfg.crops_per_image)
+    val_set = LabelledImages(loop["validation"][rank::world], preset, cfg.max_pixels, train=False)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     # Same shard length on every rank, so the same decision everywhere: drop a last batch
     # of one image only (BatchNorm cannot train on it once layer4 is 1x1 at 32 px).
@@ -131,8 +132,9 @@ def _loaders(loop, preset, rank, world, cpus, device) -> tuple[DataLoader, DataL
     # a few loader processes keep a GPU fed.
     workers = min(4, cpus - 1) if cpus >= 3 else 0
     args = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
-    return (DataLoader(train_set, per_worker_batch, sampler=sampler, drop_last=drop_last, **args),
-            DataLoader(val_set, per_worker_batch, shuffle=False, **args))
+    return (DataLoader(train_set, per_worker_batch, sampler=sampler, drop_last=drop_last,
+                       collate_fn=collate_crops, **args),
+            DataLoader(val_set, per_worker_batch, shuffle=False, collate_fn=collate_images, **args))
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -161,16 +163,16 @@ def _lr_schedule(cfg: TrainConfig, first_step: int, steps: int):
     return lr_at
 
 
-def _train_one_epoch(model, loader, optimizer, to_device, progress, world, lr_at, smoothing) -> dict[str, Any]:
+def _train_one_epoch(model, loader, optimizer, to_input, progress, world, lr_at, smoothing) -> dict[str, Any]:
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
     skipped: dict[str, str] = {}
-    for step, (x, y, index, errors) in enumerate(loader):  # x: (B, 3, S, S)
+    for step, (x, y, index, errors) in enumerate(loader):  # x: uint8 (B, 3, h, w)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         ok = torch.tensor([not e for e in errors], dtype=torch.float32)
         skipped.update({loader.dataset.samples[i][0]: e for i, e in zip(index.tolist(), errors) if e})
-        logits = model(x.to(**to_device))  # (B, 2)
+        logits = model(to_input(x))  # (B, 2)
         y, ok = y.to(logits.device), ok.to(logits.device)
         losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
         loss = (losses * ok).sum() / ok.sum().clamp(min=1)  # CrossEntropyLoss's mean over real samples
@@ -191,15 +193,20 @@ def _train_one_epoch(model, loader, optimizer, to_device, progress, world, lr_at
 
 
 @torch.no_grad()
-def _evaluate(model, loader, to_device, target_fpr: float) -> dict[str, Any]:
+def _evaluate(model, preset, loader, memory_format, target_fpr: float) -> dict[str, Any]:
+    """Validation scored exactly as the scan scores: the whole picture, its tiles combined
+    (detector.inference.score_images)."""
     model.eval()
     probs, labels, losses, skipped = [], [], [], {}
-    for x, y, index, errors in loader:
+    for images, y, index, errors in loader:
         ok = np.array([not e for e in errors])
         skipped.update({loader.dataset.samples[i][0]: e for i, e in zip(index.tolist(), errors) if e})
-        logits = model(x.to(**to_device)).float().cpu()  # (B, 2)
-        probs.append(logits.softmax(1)[:, FAKE].numpy()[ok])
-        losses.append(F.cross_entropy(logits, y, reduction="none").numpy()[ok])
+        scored = score_images(model, preset, [im for im, good in zip(images, ok) if good], memory_format=memory_format)
+        if not scored:
+            continue
+        logits = torch.tensor(np.stack([s.logits for s in scored]))  # (b, 2)
+        probs.append(np.array([s.prob_fake for s in scored], np.float32))
+        losses.append(F.cross_entropy(logits, y[ok], reduction="none").numpy())
         labels.append(y.numpy()[ok])
     local = [np.concatenate(a) if a else np.zeros(0) for a in (probs, labels, losses)]
     gathered = _gather(local)

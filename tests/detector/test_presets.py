@@ -1,7 +1,10 @@
-"""Presets reproduce the original recipe exactly and survive a round trip through JSON."""
+"""Presets reproduce the original recipe exactly, never pad, cover the picture, bound their
+parameters, and survive a round trip through JSON."""
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 from torchvision import transforms
@@ -9,27 +12,24 @@ from torchvision import transforms
 from detector.presets import PRESETS, get_preset, preset_from_dict
 from tests.helpers import make_image
 
+ORIGINAL_NORMALIZE = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
 
 def test_baseline_eval_is_the_original_transform():
-    original = transforms.Compose([
-        transforms.Resize((224, 224)),
-        transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    original = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(), ORIGINAL_NORMALIZE])
     img = make_image(300, 170)
-    torch.testing.assert_close(get_preset("baseline").eval_transform(img), original(img), atol=1e-6, rtol=0)
+    p = get_preset("baseline")
+    tiles, boxes = p.prepare(img)
+    assert tiles.shape == (1, 3, 224, 224) and boxes.tolist() == [[0, 0, 300, 170]]
+    torch.testing.assert_close(p.normalize(tiles)[0], original(img), atol=1e-6, rtol=0)
 
 
 def test_baseline_train_is_the_original_transform_up_to_the_flip():
-    original = transforms.Compose([
-        transforms.Resize((224, 224)),
-        transforms.RandomHorizontalFlip(p=1.0),
-        transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    original = transforms.Compose([transforms.Resize((224, 224)), transforms.RandomHorizontalFlip(p=1.0),
+                                   transforms.ToTensor(), ORIGINAL_NORMALIZE])
     img = make_image(120, 90)
-    flipped = get_preset("baseline", hflip_prob=1.0).train_transform(img)
-    torch.testing.assert_close(flipped, original(img), atol=1e-6, rtol=0)
+    p = get_preset("baseline", hflip_prob=1.0)
+    torch.testing.assert_close(p.normalize(p.train_crop(img)[None])[0], original(img), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -38,23 +38,46 @@ def test_presets_round_trip_through_json(name):
     assert preset_from_dict(json.loads(json.dumps(p.to_dict()))) == p
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-@pytest.mark.parametrize("size", [(20, 10), (64, 64), (300, 90)])
-def test_every_image_size_gives_the_model_size(name, size):
-    p = get_preset(name, image_size=32)
+@pytest.mark.parametrize("size", [(20, 10), (32, 32), (300, 90), (513, 400), (1024, 1024), (3000, 2000)])
+def test_native_scores_the_picture_at_native_resolution_without_padding(size):
+    p = get_preset("native", image_size=32, tile_size=512, max_tiles=4)
     img = make_image(*size)
-    assert p.prepare(img).shape == (3, 32, 32) and p.prepare(img).dtype == torch.uint8
-    assert p.train_transform(img).shape == (3, 32, 32)
-    left, top, right, bottom = p.view_box(*size)
-    assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]
+    pixels = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
+    tiles, boxes = p.prepare(img)
+    assert tiles.shape[1:] == (3, min(512, size[1]), min(512, size[0])) and len(tiles) <= 4
+    for tile, (left, top, right, bottom) in zip(tiles, boxes.tolist()):
+        assert left % 8 == 0 and top % 8 == 0 and right <= size[0] and bottom <= size[1]
+        assert torch.equal(tile, pixels[:, top:bottom, left:right])  # the picture's own pixels: no pad, no resample
+    covered = np.zeros(size[::-1], bool)
+    for left, top, right, bottom in boxes.tolist():
+        covered[top:bottom, left:right] = True
+    if size[0] <= 1024 and size[1] <= 1024:  # what 4 tiles of 512 can cover, they cover (up to 7 px of rounding)
+        assert covered[: size[1] - 7, : size[0] - 7].all()
+    else:  # larger: tiles spread over the picture, corners included
+        assert covered[0, 0] and covered[-1 - 7, -1 - 7]
 
 
-def test_native_crop_keeps_pixels_unresampled():
-    img = make_image(100, 80)
-    x = get_preset("native", image_size=32).prepare(img)
-    left, top = (100 - 32) // 2, (80 - 32) // 2
-    expected = torch.from_numpy(__import__("numpy").asarray(img)[top:top + 32, left:left + 32]).permute(2, 0, 1)
-    assert torch.equal(x, expected)
+def test_native_training_crops_are_bounded_by_the_picture_not_padded():
+    p = get_preset("native", image_size=96, jpeg_prob=0.0, blur_prob=0.0, hflip_prob=0.0)
+    rng = random.Random(0)
+    assert p.train_crop(make_image(32, 32), rng).shape == (3, 32, 32)  # CIFAR-sized: the whole picture
+    assert p.train_crop(make_image(300, 200), rng).shape == (3, 96, 96)
+    img = make_image(300, 200)
+    pixels = np.asarray(img).transpose(2, 0, 1)
+    crop = p.train_crop(img, rng).numpy()
+    found = [(y, x) for y in range(0, 200 - 95) for x in range(0, 300 - 95)
+             if (pixels[:, y:y + 96, x:x + 96] == crop).all()]
+    assert found and all(y % 2 == 0 and x % 2 == 0 for y, x in found)  # unresampled, on NPR's 2x2 grid
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"image_size": 16000}, "image_size"), ({"tile_size": 10**6}, "tile_size"), ({"max_tiles": 0}, "max_tiles"),
+    ({"std": [0.0, 1.0, 1.0]}, "std"), ({"mean": [float("nan"), 0, 0]}, "mean"), ({"jpeg_prob": 2.0}, "probability"),
+    ({"jpeg_quality": [90, 10]}, "jpeg_quality"), ({"image_size": "big"}, "preset"),
+])
+def test_parameters_out_of_bounds_are_refused(params, words):
+    with pytest.raises(ValueError, match=words):
+        preset_from_dict({"name": "native", **params})
 
 
 def test_unknown_preset_and_parameter_fail_clearly():
@@ -62,18 +85,4 @@ def test_unknown_preset_and_parameter_fail_clearly():
         get_preset("fancy")
     with pytest.raises(ValueError, match="has no parameter"):
         get_preset("baseline", crop=3)
-
-
-def test_native_scores_a_larger_centre_crop_than_it_trains_on():
-    p = get_preset("native", image_size=32, eval_size=64)
-    assert p.input_size == 64 and get_preset("native", image_size=32).input_size == 32
-    img = make_image(100, 80)
-    assert p.train_transform(img).shape == (3, 32, 32)
-    x = p.prepare(img)
-    left, top, right, bottom = p.view_box(100, 80)
-    assert (left, top, right, bottom) == (18, 8, 82, 72)
-    expected = torch.from_numpy(__import__("numpy").array(img)[top:bottom, left:right]).permute(2, 0, 1)
-    assert torch.equal(x, expected)
-    # smaller than eval_size: padded, and the view box stays inside the picture
-    assert p.prepare(make_image(40, 20)).shape == (3, 64, 64) and p.view_box(40, 20) == (0, 0, 40, 20)
-    assert preset_from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert preset_from_dict({"name": "native", "image_size": 96, "eval_size": 320}) == get_preset("native")

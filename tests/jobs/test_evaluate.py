@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from detector.checkpoint import save_checkpoint
-from detector.inference import Detector
+from detector.inference import Detector, score_images
 from detector.model import build_model
 from detector.presets import get_preset
 from jobs import evaluate
@@ -76,8 +76,8 @@ def test_evaluate_reports_metrics_consistent_with_the_scores(labelled, tmp_path)
     # Recompute independently: the reported AUC follows the detector's own scores.
     det = Detector.from_path(model_dir)
     files = sorted(p for p in root.rglob("*.png"))
-    pixels = torch.stack([det.preset.prepare(Image.open(f).convert("RGB")) for f in files])
-    scores = det.score(pixels).prob_fake.numpy()
+    images = [(*det.preset.prepare(im), im.width, im.height) for im in (Image.open(f).convert("RGB") for f in files)]
+    scores = np.array([s.prob_fake for s in score_images(det.model, det.preset, images)])
     expected = binary_metrics(scores, np.array(["/fake/" in str(f) for f in files]), 0.5)
     assert result["auc"] == pytest.approx(expected["auc"], abs=1e-6)
 

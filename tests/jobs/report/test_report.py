@@ -78,6 +78,7 @@ def publish_synthetic(output: str, scan_id: str, day: date, uris: list[str], *, 
         "score": [float(s) if o else None for s, o in zip(score, ok)], "flagged": flagged,
         "threshold": [threshold] * n, "thumbnail": [thumb if o else None for o in ok],
         "cam": [[0.0, 0.5, 1.0, 0.25] if o else None for o in ok],
+        "cam_width": [2 if o else None for o in ok],
         "model_version": [f"sha256-{seed:016x}"] * n,
         "error": [None if o else ("decode: cannot identify image file" if i % 2 else "fetch: timed out")
                   for i, o in enumerate(ok)],

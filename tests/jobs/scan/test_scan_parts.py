@@ -123,7 +123,8 @@ def test_fetch_and_score_turn_every_failure_into_its_row(tmp_path, checkpoint_by
     }
     prepared = fetch_and_prepare(batch, preset=get_preset("baseline", image_size=32).to_dict(),
                                  max_pixels=10**6, max_bytes=10**6, keep_view=True)
-    assert prepared["pixels"].shape == (4, 3, 32, 32) and prepared["pixels"].dtype == np.uint8
+    assert prepared["tiles_shape"].tolist() == [[1, 3, 32, 32], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert len(prepared["tiles"][0]) == 3 * 32 * 32 and prepared["tiles"][1] == b""
     errors = list(prepared["error"])
     assert errors[0] == ""
     assert "over --max-bytes" in errors[1] and "not downloaded" in errors[1]
@@ -134,7 +135,7 @@ def test_fetch_and_score_turn_every_failure_into_its_row(tmp_path, checkpoint_by
     assert rows[0]["error"] is None and rows[0]["flagged"] is True and rows[0]["label"] == "fake"
     assert (rows[0]["width"], rows[0]["height"], rows[0]["format"]) == (40, 30, "JPEG")
     assert Image.open(io.BytesIO(rows[0]["thumbnail"])).format == "JPEG"
-    assert len(rows[0]["cam"]) == 1  # 32 px -> 1 x 1
+    assert len(rows[0]["cam"]) == 1 and rows[0]["cam_width"] == 1  # 32 px -> 1 x 1
     for row in rows[1:]:
         assert row["error"] and row["score"] is None and row["label"] is None and row["thumbnail"] is None
         assert row["cam"] is None and row["width"] is None and row["threshold"] == 0.0

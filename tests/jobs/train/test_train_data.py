@@ -203,14 +203,16 @@ def test_unreadable_files_become_weightless_samples_with_a_reason(tmp_path):
     broken.write_bytes(b"\xff\xd8\xff truncated")
     preset = get_preset("baseline", image_size=32)
     samples = [(str(good), FAKE), (str(broken), REAL), (str(tmp_path / "gone.png"), REAL)]
-    images = LabelledImages(samples, preset.eval_transform, preset, max_pixels=10_000)
+    images = LabelledImages(samples, preset, max_pixels=10_000)
     x, label, index, error = images[0]
-    assert x.shape == (3, 32, 32) and label == FAKE and index == 0 and error == ""
-    assert images[1][3].startswith("ImageDecodeError") and images[1][0].abs().sum() == 0
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and label == FAKE and index == 0 and error == ""
+    assert images[1][3].startswith("ImageDecodeError") and images[1][0].sum() == 0
     assert images[2][3].startswith("FileNotFoundError")
     big = tmp_path / "big.png"
     big.write_bytes(image_bytes(False, 1, size=128))  # 16,384 pixels > max_pixels
-    assert "limit" in LabelledImages([(str(big), REAL)], preset.eval_transform, preset, 10_000)[0][3]
+    assert "limit" in LabelledImages([(str(big), REAL)], preset, 10_000)[0][3]
+    (tiles, boxes, w, h), *_ = LabelledImages(samples, preset, 10_000, train=False)[0]  # validation: the scan's cut
+    assert tiles.shape == (1, 3, 32, 32) and boxes.tolist() == [[0, 0, 32, 32]] and (w, h) == (32, 32)
 
 
 def test_crops_per_image_draws_each_sample_that_many_times_with_its_own_index(tmp_path):
@@ -221,8 +223,7 @@ def test_crops_per_image_draws_each_sample_that_many_times_with_its_own_index(tm
     for i, p in enumerate(paths):
         p.write_bytes(image_bytes(bool(i), i, size=64))
     preset = get_preset("native", image_size=16)
-    images = LabelledImages([(str(p), i) for i, p in enumerate(paths)], preset.train_transform, preset,
-                            max_pixels=10_000, repeats=3)
+    images = LabelledImages([(str(p), i) for i, p in enumerate(paths)], preset, max_pixels=10_000, repeats=3)
     drawn = [images[i] for i in range(len(images))]
     assert len(images) == 6
     assert [(label, index) for _, label, index, _ in drawn] == [(0, 0), (1, 1)] * 3
@@ -230,18 +231,28 @@ def test_crops_per_image_draws_each_sample_that_many_times_with_its_own_index(tm
     assert not all(torch.equal(crops[0], c) for c in crops[1:])
 
 
+def test_training_batches_of_mixed_sizes_are_cropped_never_padded():
+    from jobs.train.images import collate_crops
+
+    big, small = torch.randint(0, 255, (3, 96, 96), dtype=torch.uint8), torch.randint(0, 255, (3, 32, 40), dtype=torch.uint8)
+    x, y, index, errors = collate_crops([(big, 0, 0, ""), (small, 1, 1, "")])
+    assert x.shape == (2, 3, 32, 40) and torch.equal(x[0], big[:, :32, :40]) and torch.equal(x[1], small)
+
+
 def test_each_preset_brings_its_recipe_and_flags_override_it():
     parse = get_args_parser().parse_args
     native = TrainConfig(**{k.replace("-", "_"): v for k, v in
                             vars(parse(["--data", "d", "--output", "o", "--preset", "native"])).items()})
     assert (native.optimizer, native.schedule, native.image_size) == ("adamw", "cosine", 96)
-    assert native.eval_size > native.image_size and native.label_smoothing > 0 and native.crops_per_image > 1
+    assert native.arch == "resnet18-npr" and native.label_smoothing > 0 and native.crops_per_image > 1
+    assert native.make_preset().tile_size > native.image_size
     tuned = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(parse(
         ["--data", "d", "--output", "o", "--preset", "baseline", "--lr", "0.01", "--optimizer", "adamw"])).items()})
     assert (tuned.lr, tuned.optimizer, tuned.epochs, tuned.image_size, tuned.crops_per_image) == (
         0.01, "adamw", 10, 224, 1)
-    with pytest.raises(ValueError, match="--eval-size is for --preset native"):
-        TrainConfig(data="d", output="o", preset="baseline", eval_size=256)
+    assert tuned.arch == "resnet18"  # the original model
+    with pytest.raises(ValueError, match="--tile-size and --max-tiles are for --preset native"):
+        TrainConfig(data="d", output="o", preset="baseline", max_tiles=2)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_and_resumes_on_the_same_curve():
