@@ -46,7 +46,7 @@ def main() -> None:
             out[draft] = ((time.perf_counter() - start) / 5, r)
         inference.JPEG_DRAFT_MARGIN = margin
         (t0, a), (t1, b) = out[False], out[True]
-        dp = np.abs(a.pixels.numpy().astype(int) - b.pixels.numpy().astype(int))
+        dp = np.abs(a.tiles.numpy().astype(int) - b.tiles.numpy().astype(int))
         dv = np.abs(a.view.astype(int) - b.view.astype(int))
         assert (a.width, a.height) == (b.width, b.height) == (w, h)
         rows.append({"size": f"{w}x{h}", "full_ms": 1000 * t0, "draft_ms": 1000 * t1, "speedup": t0 / t1,

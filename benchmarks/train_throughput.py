@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import start_ray, input_images, json_line, machine, timed  # noqa: E402
 from detector.model import build_model  # noqa: E402
-from detector.presets import get_preset  # noqa: E402
 
 
 def labelled_manifest(n: int, data: str | None, tmp: Path) -> Path:
@@ -56,27 +55,25 @@ def labelled_manifest(n: int, data: str | None, tmp: Path) -> Path:
 def bare_loop(manifest: Path, config, threads: int) -> float:
     """The plain PyTorch loop on the same training split; images/s of the last epoch."""
     from jobs.train.data import list_labelled
-    from jobs.train.images import LabelledImages
+    from jobs.train.images import LabelledImages, collate_crops
     from jobs.train.loop import CHANNELS_LAST_MIN_SIZE, _optimizer
 
     torch.set_num_threads(threads)
     data = list_labelled(str(manifest), val_fraction=config.val_fraction, seed=config.seed)
-    preset = get_preset(config.preset, image_size=config.image_size,
-                        **({"eval_size": config.eval_size} if config.eval_size else {}))
+    preset = config.make_preset()
     samples = [(s.uri, s.label) for s in data.train]
-    loader = DataLoader(LabelledImages(samples, preset.train_transform, preset, config.max_pixels),
-                        config.batch_size, shuffle=True, num_workers=0)
+    loader = DataLoader(LabelledImages(samples, preset, config.max_pixels), config.batch_size, shuffle=True,
+                        num_workers=0, collate_fn=collate_crops)
     fmt = torch.channels_last if config.image_size >= CHANNELS_LAST_MIN_SIZE else torch.contiguous_format
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = build_model("none").to(memory_format=fmt).train()
-    optimizer = _optimizer(model, {"optimizer": config.optimizer, "lr": config.lr,
-                                   "weight_decay": config.weight_decay})
+    model = build_model("none", arch=config.arch).to(memory_format=fmt).train()
+    optimizer = _optimizer(model, config)
     rate = 0.0
     for epoch in range(1, config.epochs + 1):
         start, n = time.monotonic(), 0
         for x, y, _, _ in loader:
-            logits = model(x.to(memory_format=fmt))
+            logits = model(preset.normalize(x).contiguous(memory_format=fmt))
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

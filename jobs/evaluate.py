@@ -39,6 +39,7 @@ from detector.presets import reencode_jpeg
 from jobs import storage
 from jobs.metrics import binary_metrics
 from jobs.storage.models import load_model
+from jobs.train.card import CARD_FILE, read_card
 from jobs.train.data import DataError, Sample, list_labelled
 
 ROBUSTNESS = ("jpeg90", "jpeg75", "jpeg50", "downscale0.5", "crop")
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, DetectorError) as e:
         print(f"evaluate failed: {e}", file=sys.stderr)
         return 1
+    card = read_card(config.model)
+    print(card if card else f"(no {CARD_FILE} next to {config.model}: trained before model cards)", flush=True)
     print_summary(result)
     return 0
 

@@ -1,7 +1,8 @@
 """What a jobs.train run leaves at ``--output``: after training, the best checkpoint's
 ``model.safetensors`` is copied to the top level (loaded once first), ``training_curves.png``
 drawn, and ``metrics.json`` written last, so a run that died never leaves a
-complete-looking output. The run folder itself: jobs/train/run_state.py.
+complete-looking output. ``MODEL_CARD.md`` (jobs/train/card.py) says what the model is
+and is not good for. The run folder itself: jobs/train/run_state.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from detector.checkpoint import CHECKPOINT_FILE, load_checkpoint_bytes
 from jobs import storage
 from jobs.plots import training_curves_png
+from jobs.train.card import CARD_FILE, render_card
 from jobs.train.config import TrainConfig
 from jobs.train.data import LabelledData
 from jobs.train.run_state import RUN_DIR, STATE_FILE, TrainState, read_file
@@ -46,6 +48,7 @@ def publish(config: TrainConfig, data: LabelledData, best: Any, latest: Any, sec
     storage.write_bytes(storage.join(config.output, CHECKPOINT_FILE), model_bytes)
     storage.write_bytes(storage.join(config.output, CURVES_FILE),
                         training_curves_png(state.history, title=f"{config.data} ({config.preset})"))
+    storage.write_bytes(storage.join(config.output, CARD_FILE), render_card(record, meta).encode())
     storage.write_bytes(storage.join(config.output, METRICS_FILE), json.dumps(record, indent=1).encode())
     for s in record["data"]["skipped"][:20]:
         print(f"skipped {s['uri']}: {s['reason']}", flush=True)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray.train
-import torch
 from sklearn.metrics import roc_auc_score
 
 from detector.checkpoint import load_checkpoint
@@ -125,6 +124,8 @@ def test_crashed_run_resumes_on_rerun_and_publishes_a_working_detector(ray_local
     assert record["data"]["skipped"][0]["uri"].endswith("broken.png")
     assert "ImageDecodeError" in record["data"]["skipped"][0]["reason"]
     assert (out / "training_curves.png").read_bytes().startswith(PNG_MAGIC)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert record["model_version"] in card and f"{record['threshold']:.4f}" in card and "Known limits" in card
 
     checkpoint = load_checkpoint(out)
     assert checkpoint.threshold == pytest.approx(record["threshold"])
@@ -134,8 +135,8 @@ def test_crashed_run_resumes_on_rerun_and_publishes_a_working_detector(ray_local
     detector = Detector.from_path(str(out))
 
     def scores(fake: bool) -> np.ndarray:  # images the run never saw
-        batch = torch.stack([prepare(image_bytes(fake, 900 + i), detector.preset).pixels for i in range(8)])
-        return detector.score(batch).prob_fake.numpy()
+        return np.array([s.prob_fake for s in detector.score([prepare(image_bytes(fake, 900 + i), detector.preset)
+                                                                for i in range(8)])])
 
     # Ranking, not calibration: a detector that learnt nothing scores ~0.5 here.
     assert roc_auc_score([1] * 8 + [0] * 8, np.concatenate([scores(True), scores(False)])) >= 0.9

@@ -1,0 +1,91 @@
+"""The model card: what a trained detector is, what it was trained on, how well it did on
+held-out data, and what it cannot be trusted with. Written by jobs.train next to
+``model.safetensors`` as ``MODEL_CARD.md``, printed by jobs.evaluate, linked from the
+review page, so whoever acts on a flag can see what raised it.
+
+    python -c "from jobs.train.card import read_card; print(read_card('OUT'))"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detector.model import ARCHITECTURES, ModelSpec
+from jobs import storage
+
+CARD_FILE = "MODEL_CARD.md"
+_LAYERS = {
+    "resnet18": "torchvision ResNet18 whole: 7x7 stride-2 stem, max pool, layer1-layer4 (512 channels), "
+                "global average pool, linear head",
+    "resnet18-npr": "ResNet18 on the neighbouring-pixel residual x - up(down(x)) (NPR): 3x3 stride-2 stem, "
+                    "max pool, layer1 and layer2 (128 channels), global average pool, linear head",
+}
+
+
+def card_uri(model: str) -> str:
+    """Where the card of ``--model`` (a training output, or its model.safetensors) lives."""
+    folder = model.rsplit("/", 1)[0] if model.endswith(".safetensors") else model
+    return storage.join(folder, CARD_FILE)
+
+
+def read_card(model: str) -> str | None:
+    """The card's text, or None when the model has none (trained before cards existed)."""
+    try:
+        return storage.read_bytes(card_uri(model), max_bytes=1 << 20).decode("utf-8", "replace")
+    except (FileNotFoundError, ValueError, IsADirectoryError):
+        return None
+
+
+def render_card(record: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Markdown for a published run: ``record`` is metrics.json's, ``meta`` the checkpoint's."""
+    config, best, data = record["config"], record["best"], record["data"]
+    counts = data.get("counts", {})
+    arch = config.get("arch") or "resnet18"
+    spec = ModelSpec(**meta.get("model", {})) if meta.get("model") else ARCHITECTURES.get(arch, ModelSpec())
+    aucs = [h.get("val_auc") for h in record["history"][-5:] if h.get("val_auc") is not None]
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        f"# Model card: {meta['model_version']}",
+        "",
+        "genscan real/fake image detector (P(fake) per image, with a Grad-CAM heat map).",
+        "",
+        "## Model",
+        f"- architecture: `{arch}`: {_LAYERS.get(arch, str(spec))}",
+        f"- preprocessing preset: `{meta['preset']}`",
+        f"- initial weights: {config.get('weights')}",
+        "",
+        "## Training data",
+        f"- source: `{data.get('source')}` ({data.get('layout')}, split given: {data.get('split_given')})",
+        f"- images: train {counts.get('train')}, validation {counts.get('validation')}; "
+        f"{data.get('skipped_count', 0)} files skipped as unreadable",
+        "",
+        "## Recipe",
+        f"- preset `{config.get('preset')}`, {config.get('epochs')} epochs, batch {config.get('batch_size')}, "
+        f"{config.get('optimizer')} lr {config.get('lr')} ({config.get('schedule')}), weight decay "
+        f"{config.get('weight_decay')}, label smoothing {config.get('label_smoothing')}, "
+        f"{config.get('crops_per_image')} crops per image, seed {config.get('seed')}",
+        f"- published epoch: {record['best_epoch']} of {len(record['history'])}, chosen by `{config.get('select_by')}` "
+        f"on the validation split",
+        "",
+        "## Held-out metrics (validation split; it also chose the epoch and the threshold, so they are optimistic)",
+        f"- AUC {f(best.get('val_auc'))}, accuracy at argmax {f(best.get('val_accuracy'))}, loss {f(best.get('val_loss'))}",
+        f"- operating threshold {f(record['threshold'])} on P(fake): calibrated for at most "
+        f"{config.get('threshold_fpr', 0.05):.0%} false positives on the validation's real images "
+        f"(achieved {f(best.get('val_fpr_at_threshold'))}, catching {f(best.get('val_tpr_at_threshold'))} of its fakes)",
+        f"- validation AUC over the last {len(aucs)} epochs: "
+        + (f"{min(aucs):.4f}-{max(aucs):.4f}" if aucs else "n/a"),
+        "",
+        "## Known limits",
+        f"- trained on one source (`{data.get('source')}`): generators, cameras and post-processing it did not "
+        "contain may be missed or over-flagged; measure on your own data with `python -m jobs.evaluate` before "
+        "trusting the threshold (docs/QUALITY.md has the team's measurements across generators)",
+        "- a held-out split of the same source overstates quality on other sources",
+        "- heavy re-compression, resizing and screenshots erase much of the evidence at native resolution",
+        "- a score is evidence for a moderator, not a verdict: every flag should be reviewed by a person",
+    ]
+    warnings = (record.get("data_check") or {}).get("warnings") or []
+    lines += [f"- dataset check: {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
