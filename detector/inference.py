@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from detector.backends import Features, make_features, resolve
 from detector.cam import cam_weights, features_and_logits, normalise_cam
 from detector.checkpoint import Checkpoint, load_checkpoint
 from detector.decode import DEFAULT_MAX_PIXELS, decode_image
@@ -76,11 +77,13 @@ def prepare(data: bytes, preset: Preset, *, max_pixels: int = DEFAULT_MAX_PIXELS
 
 @torch.inference_mode()
 def score_images(model: torch.nn.Module, preset: Preset, images: Sequence[tuple[torch.Tensor, np.ndarray, int, int]],
-                 *, memory_format: torch.memory_format = torch.contiguous_format) -> list[ImageScore]:
+                 *, memory_format: torch.memory_format = torch.contiguous_format,
+                 features: Features | None = None) -> list[ImageScore]:
     """Score images given as ``(tiles uint8 (n, 3, h, w), boxes (n, 4), width, height)``.
 
     Tiles of equal shape, from any images, share model batches of about
-    ``TILE_PIXELS_PER_BATCH`` pixels. The model must be in eval mode."""
+    ``TILE_PIXELS_PER_BATCH`` pixels. The model must be in eval mode; ``features`` runs its
+    trunk in another runtime (detector.backends), the head and heat map stay here."""
     device = next(model.parameters()).device
     weights = cam_weights(model, FAKE)
     by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)  # shape -> (image, tile)
@@ -95,10 +98,10 @@ def score_images(model: torch.nn.Module, preset: Preset, images: Sequence[tuple[
             chunk = members[k:k + per_batch]
             x = torch.stack([images[i][0][j] for i, j in chunk]).to(device)
             x = preset.normalize(x).contiguous(memory_format=memory_format)
-            features, _ = features_and_logits(model, x)  # (b, C, h, w)
-            raw = torch.einsum("bchw,c->bhw", features.float(), weights.float()).cpu()
+            a = features(x) if features is not None else features_and_logits(model, x)[0]  # (b, C, h, w)
+            raw = torch.einsum("bchw,c->bhw", a.float(), weights.float().to(a.device)).cpu()
             for m, key in enumerate(chunk):
-                pooled[key], maps[key] = features[m].float().mean(dim=(1, 2)), raw[m]
+                pooled[key], maps[key] = a[m].float().mean(dim=(1, 2)).to(device), raw[m]
     return [_combine(model, [pooled[(i, j)] for j in range(len(t))], [maps[(i, j)] for j in range(len(t))], b, w, h)
             for i, (t, b, w, h) in enumerate(images)]
 
@@ -126,7 +129,8 @@ def _combine(model, pooled: list[torch.Tensor], maps: list[torch.Tensor], boxes:
 class Detector:
     """A loaded checkpoint ready to score prepared images on one device."""
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str = "cpu", channels_last: bool = True):
+    def __init__(self, checkpoint: Checkpoint, *, device: str = "cpu", channels_last: bool = True,
+                 runtime: str = "torch", num_threads: int | None = None):
         self.device = torch.device(device)
         self.checkpoint = checkpoint
         self.preset = checkpoint.preset
@@ -134,6 +138,8 @@ class Detector:
         self.model_version = checkpoint.model_version
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = checkpoint.model.to(self.device, memory_format=self.memory_format).eval()
+        self.runtime = resolve(runtime, use_gpu=self.device.type != "cpu")
+        self.features = make_features(self.runtime, self.model, num_threads=num_threads or torch.get_num_threads())
 
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "cpu", channels_last: bool = True) -> "Detector":
@@ -141,5 +147,8 @@ class Detector:
 
     def score(self, images: Sequence[PreparedImage]) -> list[ImageScore]:
         """P(fake), logits and heat map of each prepared image."""
-        return score_images(self.model, self.preset, [(p.tiles, p.boxes, p.width, p.height) for p in images],
-                            memory_format=self.memory_format)
+        return self.score_tiles([(p.tiles, p.boxes, p.width, p.height) for p in images])
+
+    def score_tiles(self, images: Sequence[tuple[torch.Tensor, np.ndarray, int, int]]) -> list[ImageScore]:
+        """``score_images`` with this detector's model, device and runtime."""
+        return score_images(self.model, self.preset, images, memory_format=self.memory_format, features=self.features)

@@ -70,6 +70,7 @@ def score_dataset(
     use_gpu: bool,
     max_pixels: int,
     max_bytes: int,
+    runtime: str = "auto",
 ) -> Any:
     """Listing rows (a Ray Dataset of uri, etag, size_bytes) -> report rows (FILE_SCHEMA),
     one per input row: fetch/decode tasks, then a fixed pool of ``concurrency`` Scorer
@@ -92,7 +93,7 @@ def score_dataset(
         num_cpus=cpus_per_scorer,
         num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={"checkpoint": checkpoint, "threshold": threshold, "thumbnails": thumbnails,
-                               "use_gpu": use_gpu},
+                               "use_gpu": use_gpu, "runtime": runtime},
     )
 
 
@@ -108,11 +109,12 @@ def score_locally(
     max_pixels: int,
     max_bytes: int,
     num_threads: int | None = None,
+    runtime: str = "auto",
 ) -> Iterator[pa.Table]:
     """Listing blocks (uri, etag, size_bytes) -> report tables (FILE_SCHEMA), one per batch."""
     import torch
 
-    scorer = Scorer(checkpoint, threshold=threshold, thumbnails=thumbnails, use_gpu=use_gpu,
+    scorer = Scorer(checkpoint, threshold=threshold, thumbnails=thumbnails, use_gpu=use_gpu, runtime=runtime,
                     num_threads=num_threads or torch.get_num_threads())
     batches = [b.slice(i, batch_size) for b in blocks for i in range(0, b.num_rows, batch_size)]
 

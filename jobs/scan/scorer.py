@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from detector.checkpoint import load_checkpoint_bytes
-from detector.inference import Detector, score_images
+from detector.inference import Detector
 from detector.thumbnail import render_thumbnail
 from jobs.report.schema import FILE_SCHEMA, decide
 
@@ -33,6 +33,7 @@ class Scorer:
         thumbnails: "all", "flagged" or "none": which rows get a heat-map thumbnail.
         use_gpu: score on CUDA.
         num_threads: torch CPU threads; default the CPUs Ray gave this actor.
+        runtime: what runs the network (detector.backends): auto, torch or openvino.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class Scorer:
         thumbnails: str = "all",
         use_gpu: bool = False,
         num_threads: int | None = None,
+        runtime: str = "auto",
     ):
         if thumbnails not in THUMBNAIL_MODES:
             raise ValueError(f"thumbnails must be one of {THUMBNAIL_MODES}, got {thumbnails!r}")
@@ -50,8 +52,10 @@ class Scorer:
             import ray
 
             checkpoint = ray.get(checkpoint)
-        torch.set_num_threads(num_threads or _assigned_cpus())
-        self.detector = Detector(load_checkpoint_bytes(bytes(checkpoint)), device="cuda" if use_gpu else "cpu")
+        threads = num_threads or _assigned_cpus()
+        torch.set_num_threads(threads)
+        self.detector = Detector(load_checkpoint_bytes(bytes(checkpoint)), device="cuda" if use_gpu else "cpu",
+                                 runtime=runtime, num_threads=threads)  # converted here, once per actor
         self.threshold = float(self.detector.threshold if threshold is None else threshold)
         self.thumbnails = thumbnails
 
@@ -66,8 +70,7 @@ class Scorer:
         if idx.size:
             images = [(_tiles(batch, i), np.frombuffer(batch["boxes"][i], np.int32).reshape(-1, 4),
                        int(batch["width"][i]), int(batch["height"][i])) for i in idx]
-            scores = score_images(self.detector.model, self.detector.preset, images,
-                                  memory_format=self.detector.memory_format)
+            scores = self.detector.score_tiles(images)
             for s, i in zip(scores, idx):
                 score[i], cams[i] = s.prob_fake, s.cam
                 if self.thumbnails == "all" or (self.thumbnails == "flagged" and s.prob_fake >= self.threshold):

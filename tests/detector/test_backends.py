@@ -1,0 +1,66 @@
+"""Runtimes agree with torch, the reference: the scan's scores and heat maps must not
+depend on which runtime ran the network (max |dP(fake)| <= 0.01, heat-map correlation
+>= 0.99), for both architectures, tiled and whole pictures."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detector.backends import available, make_features, resolve
+from detector.inference import score_images
+from detector.model import build_model
+from detector.presets import get_preset
+
+pytestmark = pytest.mark.skipif("openvino" not in available(), reason="openvino is not installed")
+
+
+def pictures(n: int) -> list:
+    """Pictures that differ in texture and contrast, so a model's scores differ too."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        h, w = [(128, 128), (96, 200), (80, 64), (256, 256)][i % 4]
+        smooth = np.kron(rng.integers(0, 256, (h // 8, w // 8, 3)), np.ones((8, 8, 1)))
+        noise = rng.normal(0, 4 + 12 * i, (h, w, 3))
+        out.append(np.clip(smooth + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+def spread_scores(model, preset, images) -> None:
+    """Scale and centre the head so P(fake) spreads over (0, 1) as a trained model's does
+    (random weights score everything near one value)."""
+    d = np.array([s.logits[0] - s.logits[1] for s in score_images(model, preset, images)])
+    k = 2.0 / max(d.std(), 1e-6)
+    with torch.no_grad():
+        diff = float(model.fc.bias[0] - model.fc.bias[1])
+        model.fc.weight.mul_(k)
+        model.fc.bias.copy_(torch.tensor([-k * (d.mean() - diff), 0.0]))  # log-odds centred on 0
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet18-npr"])
+def test_openvino_matches_torch(arch):
+    torch.manual_seed(0)
+    model = build_model("none", arch=arch).eval()
+    preset = get_preset("native", image_size=32, tile_size=128, max_tiles=4)
+    images = []
+    for a in pictures(12):
+        tiles, boxes = preset.prepare(Image.fromarray(a))
+        images.append((tiles, boxes, a.shape[1], a.shape[0]))
+    spread_scores(model, preset, images)
+    ref = score_images(model, preset, images)
+    ov = score_images(model, preset, images, features=make_features("openvino", model, num_threads=2))
+    p_ref, p_ov = np.array([s.prob_fake for s in ref]), np.array([s.prob_fake for s in ov])
+    assert p_ref.std() > 0.05  # scores spread out: the comparison means something
+    assert np.abs(p_ref - p_ov).max() <= 0.01
+    for a, b in zip(ref, ov):
+        if a.cam.std() > 0 and b.cam.std() > 0:
+            assert np.corrcoef(a.cam.ravel(), b.cam.ravel())[0, 1] >= 0.99
+
+
+def test_runtime_choice():
+    assert resolve("auto", use_gpu=False) == "openvino" and resolve("auto", use_gpu=True) == "torch"
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        resolve("openvino", use_gpu=True)
+    with pytest.raises(ValueError, match="--runtime must be one of"):
+        resolve("tensorrt", use_gpu=False)
