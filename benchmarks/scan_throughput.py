@@ -13,7 +13,10 @@ them), same threads, in one run:
    is jobs.scan as a user runs it (``--executor auto``: in the driver process up to
    ``jobs.scan.pipeline.LOCAL_MAX_OBJECTS`` images, Ray Data above); ``genscan_scan_ray``
    forces the Ray Data pipeline (local Ray) on the same N;
-and the scan job (auto) with jobs.train's default preset at its own input size.
+then, for jobs.train's default preset and architecture (native resolution, whole pictures):
+5. decode only: bytes to the model's tiles (PIL + the preset), one thread;
+6. forward only per runtime (detector.backends: torch, openvino);
+7. the scan end to end per runtime with default flags (``--images 768``: the Ray Data path).
 
 Ray is started before timing (a one-off per cluster, outside ``jobs.scan.run``). Each
 scan row is preceded by a warm-up scan of ``--warmup`` images; ``genscan_scan`` is the
@@ -44,26 +47,43 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import start_ray, input_images, json_line, machine, print_table, save_jpeg, timed  # noqa: E402
+from detector.backends import available, resolve  # noqa: E402
 from detector.checkpoint import save_checkpoint  # noqa: E402
 from detector.model import FAKE, build_model  # noqa: E402
 from detector.presets import get_preset  # noqa: E402
 
 
-def forward_only(model, files, preset, batch_size, device) -> float:
-    """Model limit: decoded and pre-processed tensors already in memory."""
-    pixels = torch.stack([preset.prepare(Image.open(f).convert("RGB")) for f in files])
-    x_all = preset.normalize(pixels).contiguous(memory_format=torch.channels_last)
+def forward_only(model, files, preset, batch_size, device, runtime: str = "torch") -> float:
+    """Model limit: decoded and pre-processed tensors already in memory; the trunk in
+    ``runtime`` (detector.backends), plus the head. Pictures with several tiles count once."""
+    from detector.backends import make_features
+
+    tiles = [preset.prepare(Image.open(f).convert("RGB"))[0] for f in files]
+    x_all = preset.normalize(torch.cat(tiles)).contiguous(memory_format=torch.channels_last)
     m = model.to(device, memory_format=torch.channels_last).eval()
+    features = make_features(runtime, m, num_threads=torch.get_num_threads())
+    shapes = {tuple(x.shape) for x in x_all}
+    assert len(shapes) == 1, f"forward_only wants pictures of one size, got tiles {shapes}"
 
     def run():
         with torch.inference_mode():
             for i in range(0, len(x_all), batch_size):
-                m(x_all[i:i + batch_size].to(device))
+                m.fc(features(x_all[i:i + batch_size].to(device)).mean(dim=(2, 3)))
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    run()  # warm-up (allocator, kernels)
+    run()  # warm-up (allocator, kernels, OpenVINO's compile)
     _, secs = timed(run)
+    return len(files) / secs
+
+
+def decode_only(files, preset) -> float:
+    """Decoding and cutting the model inputs (PIL, the scan's detector.inference.prepare),
+    one thread: the CPU cost per picture that the fetch stage pays."""
+    from detector.inference import prepare
+
+    data = [Path(f).read_bytes() for f in files]
+    _, secs = timed(lambda: [prepare(d, preset) for d in data])
     return len(files) / secs
 
 
@@ -80,7 +100,7 @@ def seed_loop(model, files, out_dir: Path, device) -> float:
     def run():
         for i, f in enumerate(files):
             img = Image.open(f).convert("RGB")
-            x = preset.eval_transform(img).unsqueeze(0).to(device).requires_grad_(True)
+            x = preset.normalize(preset.prepare(img)[0]).to(device).requires_grad_(True)
             logits = m(x)
             m.zero_grad()
             logits[0, FAKE].backward()
@@ -115,7 +135,7 @@ def gradcam_library(model, files, out_dir: Path, batch_size, device) -> float:
         with GradCAM(model=m, target_layers=[m.layer4]) as cam:
             for i in range(0, len(files), batch_size):
                 imgs = [Image.open(f).convert("RGB") for f in files[i:i + batch_size]]
-                pixels = torch.stack([preset.prepare(im) for im in imgs])
+                pixels = torch.cat([preset.prepare(im)[0] for im in imgs])
                 x = preset.normalize(pixels).contiguous(memory_format=torch.channels_last).to(device)
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(FAKE)] * len(imgs))
                 for j, (p, g) in enumerate(zip(pixels, maps)):
@@ -134,7 +154,8 @@ def write_manifest(files: list[Path], path: Path) -> Path:
     return path
 
 
-def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int, executor: str) -> tuple[float, object]:
+def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int, executor: str,
+                 runtime: str = "torch") -> tuple[float, object]:
     """The scan job end to end (``jobs.scan.run``) on the already started local Ray:
     (wall seconds, summary). Checks every one of the ``n`` images came back scored."""
     from jobs.scan import ScanConfig, run
@@ -148,6 +169,7 @@ def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int, e
         cpus_per_scorer=args.cpus_per_scorer,
         use_gpu=args.use_gpu,
         executor=executor,
+        runtime=runtime,
     )
     summary, secs = timed(run, config)
     assert summary.listed == n, f"the scan listed {summary.listed} images, expected {n}: {summary}"
@@ -172,7 +194,7 @@ def in_scan_rate(report: str) -> float:
 
 
 def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
-              executor: str = "auto") -> tuple[list[tuple[str, float]], str]:
+              executor: str = "auto", runtime: str = "torch") -> tuple[list[tuple[str, float]], str]:
     """A warm-up scan of ``args.warmup`` images, then the scan of all N. Rows: the N-image
     scan's end-to-end rate (Ray already started; actor start, model load, planning and
     publishing included) and its steady rate: images/s after its first batch, from the
@@ -181,9 +203,9 @@ def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
     Also returns the executor the scan ran on (``--executor auto`` picks one)."""
     w = min(args.warmup, len(files) - 1)
     t_w, _ = genscan_scan(model_dir, write_manifest(files[:w], tmp / f"{label}-warmup.csv"), tmp / f"{label}-warmup",
-                          args, w, executor)
+                          args, w, executor, runtime)
     t_n, summary = genscan_scan(model_dir, write_manifest(files, tmp / f"{label}.csv"), tmp / label, args, len(files),
-                                executor)
+                                executor, runtime)
     steady = in_scan_rate(summary.report)
     marginal = (len(files) - w) / (t_n - t_w) if t_n > t_w else float("nan")
     print(f"  {label} (--executor {executor} -> {summary.executor}): warm-up {w} images {t_w:.1f} s, {len(files)} images {t_n:.1f} s "
@@ -219,6 +241,9 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if args.use_gpu else "cpu")
     torch.manual_seed(0)
     model = build_model("none")
+    default, arch = preset_row(args.preset_row)
+    default_model = build_model("none", arch=arch)
+    runtimes = available()
     rows: list[tuple[str, float]] = []
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="genscan-bench-") as tmp:
@@ -228,8 +253,7 @@ def main(argv=None) -> None:
               f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
         baseline = get_preset("baseline")
         save_checkpoint(tmp / "model-baseline", model, preset=baseline)
-        default = preset_row(args.preset_row)
-        save_checkpoint(tmp / "model-default", model, preset=default)
+        save_checkpoint(tmp / "model-default", default_model, preset=default)
 
         rows.append(("forward_only", forward_only(model, files, baseline, args.batch_size, device)))
         print(f"  forward only: {rows[-1][1]:.1f} img/s", flush=True)
@@ -238,6 +262,11 @@ def main(argv=None) -> None:
             print(f"  original way: {rows[-1][1]:.1f} img/s", flush=True)
         rows.append(("gradcam_lib", gradcam_library(model, files, tmp / "lib", args.batch_size, device)))
         print(f"  pytorch-grad-cam batched: {rows[-1][1]:.1f} img/s", flush=True)
+        rows.append(("decode_only", decode_only(files, default)))
+        print(f"  decode + cut ({default.name}), 1 thread: {rows[-1][1]:.1f} img/s", flush=True)
+        for rt in runtimes if not args.use_gpu else ("torch",):
+            rows.append((f"forward_{rt}", forward_only(default_model, files, default, args.batch_size, device, rt)))
+            print(f"  forward only, {arch} {default.name}, {rt}: {rows[-1][1]:.1f} img/s", flush=True)
 
         # Ray start-up is a one-off per cluster, outside jobs.scan.run (main() calls ensure_ray first); common.start_ray
         # also runs Ray's workers at nice 0 like the rows above.
@@ -247,11 +276,13 @@ def main(argv=None) -> None:
         scan, scan_executor = scan_rows("genscan_scan", tmp / "model-baseline", files, tmp, args)
         rows += scan
         rows += scan_rows("genscan_scan_ray", tmp / "model-baseline", files, tmp, args, executor="ray")[0]
-        name = f"genscan_scan_{default.name}_{default.input_size}"
-        rows += scan_rows(name, tmp / "model-default", files, tmp, args)[0]
+        for rt in runtimes if not args.use_gpu else ("torch",):
+            rows += scan_rows(f"scan_default_{rt}", tmp / "model-default", files, tmp, args, runtime=rt)[0]
 
     print_table(rows, "seed_loop", "forward_only")
     r = dict(rows)
+    fwd = [rt for rt in runtimes if f"forward_{rt}" in r]
+    auto = resolve("auto", use_gpu=args.use_gpu)  # what a scan with default flags runs on
     load_end = os.getloadavg()
     print(f"load average at the end {load_end[0]:.1f} {load_end[1]:.1f} {load_end[2]:.1f}")
     print(json_line({
@@ -267,8 +298,15 @@ def main(argv=None) -> None:
         "genscan_scan_executor": scan_executor,
         "genscan_scan_ray_img_s": r["genscan_scan_ray"],
         "genscan_scan_ray_steady_img_s": r["genscan_scan_ray_steady"],
-        "genscan_scan_default_preset_img_s": r[name],
-        "genscan_scan_default_preset_steady_img_s": r[name + "_steady"],
+        "decode_only_img_s": r["decode_only"],
+        "forward_torch_img_s": r["forward_torch"],
+        "forward_best_img_s": max(r[f"forward_{rt}"] for rt in fwd),
+        "forward_best_runtime": max(fwd, key=lambda rt: r[f"forward_{rt}"]),
+        "scan_default_img_s": r[f"scan_default_{auto}"],
+        "scan_default_steady_img_s": r[f"scan_default_{auto}_steady"],
+        "scan_default_runtime": auto,
+        "scan_default_torch_img_s": r["scan_default_torch"],
+        "default_model": f"{arch} {default.name}",
         "ray_start_s": ray_start,
         "scan_vs_seed": r["genscan_scan"] / r["seed_loop"] if "seed_loop" in r else None,
         "scan_vs_forward": r["genscan_scan"] / r["forward_only"],
@@ -280,19 +318,12 @@ def main(argv=None) -> None:
 
 
 def preset_row(name: str | None):
-    """The preset of the last row, built with its training recipe's sizes (jobs.train.RECIPES):
-    ``name``, or jobs.train's default preset; when that is baseline at 224 (row 4 already),
-    the native preset instead, so the row adds information."""
+    """jobs.train's default preset (or ``name``) with its recipe's sizes and architecture."""
     from jobs.train import RECIPES, get_args_parser
 
     chosen = name or get_args_parser().get_default("preset")
-    if name is None and chosen == "baseline" and RECIPES["baseline"]["image_size"] == 224:
-        print("note: jobs.train's default preset is baseline at 224 (the genscan_scan row); "
-              "the last row uses the native preset's recipe instead")
-        chosen = "native"
     recipe = RECIPES.get(chosen, {})
-    sizes = {k: recipe[k] for k in ("image_size", "eval_size") if recipe.get(k)}
-    return get_preset(chosen, **sizes)
+    return get_preset(chosen, image_size=recipe.get("image_size", 224)), recipe.get("arch", "resnet18")
 
 
 if __name__ == "__main__":
