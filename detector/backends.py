@@ -9,8 +9,9 @@ forward pass.
 - ``openvino``: Intel's OpenVINO on the CPU, ~3x torch on CPUs with AVX-512 (BF16/VNNI),
   where its default precision is bf16 (BENCHMARKS.md has the measured speed and score
   change; tests/detector/test_backends.py holds it to max |dP(fake)| <= 0.01). The network
-  is converted once per model (in the Scorer actor: never per batch) and compiled once
-  per input shape (batch dynamic), the compiled models kept in a small LRU.
+  is converted once per model version (in the Scorer actor: never per batch; kept in
+  ``cache_dir()`` for later scans) and compiled once per input shape (batch dynamic), the
+  compiled models kept in a small LRU.
 - ``auto`` (default): openvino when it is installed and the scan runs on the CPU, else torch.
 
 ONNX Runtime was measured at 1.5x torch here against OpenVINO's 3.2x with the same scores
@@ -23,7 +24,10 @@ offered either.
 from __future__ import annotations
 
 import importlib.util
+import os
+import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -53,11 +57,33 @@ def resolve(name: str, *, use_gpu: bool) -> str:
     return name
 
 
-def make_features(name: str, model: nn.Module, *, num_threads: int) -> Features:
-    """The trunk of ``model`` (eval mode, on its device) as a callable in runtime ``name``."""
+def make_features(name: str, model: nn.Module, *, num_threads: int, cache_key: str | None = None) -> Features:
+    """The trunk of ``model`` (eval mode, on its device) as a callable in runtime ``name``.
+    ``cache_key`` (the model_version) lets a converted network be reused by later scans."""
     if name == "openvino":
-        return OpenVINOFeatures(model, num_threads=num_threads)
+        return OpenVINOFeatures(model, num_threads=num_threads, cache_key=cache_key)
     return torch.inference_mode()(model.features)
+
+
+def cache_dir() -> Path:
+    """Where converted networks are kept between scans: $GENSCAN_CACHE, else ~/.cache/genscan."""
+    return Path(os.environ.get("GENSCAN_CACHE") or Path.home() / ".cache" / "genscan") / "openvino"
+
+
+def _save(ov, graph, path: Path) -> None:
+    """Write the IR (.xml + .bin) under temporary names, then rename: a scan running at the
+    same time reads a whole file or none. A cache that cannot be written is skipped."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.xml")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(graph, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
 
 
 class _Trunk(nn.Module):
@@ -72,15 +98,21 @@ class _Trunk(nn.Module):
 class OpenVINOFeatures:
     """The trunk converted to OpenVINO once, compiled per input (H, W) on first use."""
 
-    def __init__(self, model: nn.Module, *, num_threads: int):
+    def __init__(self, model: nn.Module, *, num_threads: int, cache_key: str | None = None):
         import openvino as ov
 
         self._core = ov.Core()
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(num_threads)}
-        example = torch.zeros(1, 3, 64, 64)
-        with torch.no_grad():  # dynamic batch and size in the graph; shapes are fixed at compile time
-            self._graph = ov.convert_model(_Trunk(model.cpu().eval()), example_input=example,
-                                           input=[(-1, 3, -1, -1)])
+        cached = cache_dir() / f"{cache_key}.xml" if cache_key else None
+        if cached is not None and cached.is_file():
+            self._graph = self._core.read_model(str(cached))  # converted by an earlier scan of this model
+        else:
+            example = torch.zeros(1, 3, 64, 64)
+            with torch.no_grad():  # dynamic batch and size in the graph; shapes are fixed at compile time
+                self._graph = ov.convert_model(_Trunk(model.cpu().eval()), example_input=example,
+                                               input=[(-1, 3, -1, -1)])
+            if cached is not None:
+                _save(ov, self._graph, cached)
         self._compiled: OrderedDict[tuple[int, int], object] = OrderedDict()
 
     def _for(self, h: int, w: int):

@@ -139,7 +139,8 @@ class Detector:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = checkpoint.model.to(self.device, memory_format=self.memory_format).eval()
         self.runtime = resolve(runtime, use_gpu=self.device.type != "cpu")
-        self.features = make_features(self.runtime, self.model, num_threads=num_threads or torch.get_num_threads())
+        self.features = make_features(self.runtime, self.model, num_threads=num_threads or torch.get_num_threads(),
+                                      cache_key=self.model_version)
 
     @classmethod
     def from_path(cls, path: str | Path, *, device: str = "cpu", channels_last: bool = True) -> "Detector":

@@ -18,6 +18,19 @@ from jobs.demo.s3_server import SeaweedS3Server
 from tests.helpers import use_s3_server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def genscan_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Converted networks (detector.backends) go to a temporary folder, not ~/.cache; set
+    before any Ray starts, so its workers inherit it."""
+    old = os.environ.get("GENSCAN_CACHE")
+    os.environ["GENSCAN_CACHE"] = str(tmp_path_factory.mktemp("genscan-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GENSCAN_CACHE", None)
+    else:
+        os.environ["GENSCAN_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Server]:
     """A started SeaweedS3Server; data and its weed.log under pytest's temp folder."""

@@ -64,3 +64,17 @@ def test_runtime_choice():
         resolve("openvino", use_gpu=True)
     with pytest.raises(ValueError, match="--runtime must be one of"):
         resolve("tensorrt", use_gpu=False)
+
+
+def test_converted_network_is_cached_per_model_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model("none", arch="resnet18-npr").eval()
+    x = torch.randn(2, 3, 64, 64)
+    first = make_features("openvino", model, num_threads=1, cache_key="sha256-test")(x)
+    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == ["sha256-test.bin", "sha256-test.xml"]
+    with torch.no_grad():
+        model.fc.weight.zero_()  # the trunk is what is cached; a second load must not convert again
+        model.layer1[0].conv1.weight.zero_()
+    again = make_features("openvino", model, num_threads=1, cache_key="sha256-test")(x)
+    torch.testing.assert_close(first, again)
