@@ -89,7 +89,9 @@ def run_main(job: str, run: Callable[[], Any], *, debug: bool) -> tuple[int, Any
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    """``--debug``; absent from the parsed namespace unless given, so ``Config(**vars(args))``
+    keeps working (``main`` pops it: ``vars(args).pop("debug", False)``)."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of a failure")
 
 
 def uri_problems(**uris: str | None) -> list[str]:

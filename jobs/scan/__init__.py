@@ -98,7 +98,7 @@ class ScanSummary:
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = vars(parser.parse_args(argv))
-    debug = args.pop("debug")
+    debug = args.pop("debug", False)
     try:
         config = ScanConfig(**args)
     except ValueError as e:

@@ -30,7 +30,10 @@ class AllowedRoots:
             if not p:
                 raise ValueError("--allow-prefix is empty; give a folder, s3://bucket[/prefix], or '*' for anything")
             if storage.is_s3(p):
-                bucket, key = storage.split_s3_uri("s3://" + p[5:])
+                try:
+                    bucket, key = storage.split_s3_uri("s3://" + p[5:])
+                except ValueError:
+                    bucket, key = "", ""
                 folder = _dot_free(key.strip("/"))
                 if not bucket or folder is None:
                     raise ValueError(f"--allow-prefix {p!r} names no bucket, or climbs out of it")

@@ -131,7 +131,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = vars(parser.parse_args(argv))
-    debug = args.pop("debug")
+    debug = args.pop("debug", False)
     try:
         config = TrainConfig(**args)
     except ValueError as e:
