@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
     started = time.monotonic()
+    detector = _load(config.model)  # first: a bad model fails at once, before any listing
     samples = _select(config)
-    detector = _load(config.model)
     result: dict[str, Any] = {
         "data": config.data,
         "model": config.model,
