@@ -39,8 +39,8 @@ Workers read their own shard (jobs/train/loop.py). S3 settings and credentials c
 each Ray process's own environment (jobs.storage ships no secrets): an embedded Ray
 inherits the driver's AWS_* variables; on a cluster, give the nodes an IAM role (instance
 profile, IRSA), or set the AWS_* variables on every node's processes (a Kubernetes Secret
-mounted as env vars on the RayCluster pods, as cluster/kuberay does, or the environment of
-``ray start``). Never pass secrets with ``ray job submit --runtime-env-json``: Ray keeps
+mounted as env vars, ``envFrom: secretRef``, on the RayCluster's pods, or the environment
+of ``ray start``). Never pass secrets with ``ray job submit --runtime-env-json``: Ray keeps
 the runtime env in its job records, readable on the dashboard and through the job API.
 
 A manifest's entries must lie under ``--allow-prefix`` (default: the manifest's own bucket
