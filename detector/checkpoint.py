@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ def load_checkpoint_bytes(data: bytes, *, source: str = "the checkpoint", device
         )
     meta = _meta(data, source=source)
     state = state_dict_from_bytes(data, source=source)
+    check_scoring_values(meta, state, source=source)
     expected = meta.get("model_version")
     try:
         actual = model_version(state, meta)
@@ -157,6 +159,31 @@ def load_checkpoint_bytes(data: bytes, *, source: str = "the checkpoint", device
         raise CheckpointError(f"{source}: its preset is not one this genscan knows ({type(e).__name__}: {e})") from None
     model.to(device).eval()
     return Checkpoint(model=model, preset=preset, threshold=float(meta["threshold"]), model_version=actual, meta=meta)
+
+
+def check_scoring_values(meta: dict[str, Any], state: dict[str, torch.Tensor], *, source: str) -> None:
+    """CheckpointError unless what decides a score is sane: the classes this genscan
+    knows, a threshold in [0, 1], finite normalisation with std > 0, finite weights.
+    (A NaN anywhere gives every image a NaN score, labelled "real"; a threshold of 2
+    flags nothing.) Comparisons are written ``not (ok)`` so that NaN fails them."""
+    if meta.get("classes") != list(CLASSES):
+        raise CheckpointError(f"{source}: classes {meta.get('classes')!r} are not this genscan's {list(CLASSES)}")
+    threshold = meta.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (0.0 <= threshold <= 1.0):
+        raise CheckpointError(f"{source}: threshold {threshold!r} is not a probability in [0, 1]")
+    preset = meta.get("preset")
+    if not isinstance(preset, dict):
+        raise CheckpointError(f"{source}: its preset is not a record ({type(preset).__name__})")
+    for name in ("mean", "std"):
+        values = preset.get(name, [0.5] * 3)  # absent: the preset's default
+        if not isinstance(values, list) or len(values) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise CheckpointError(f"{source}: preset {name} {values!r} is not three finite numbers")
+        if name == "std" and not all(v > 0 for v in values):
+            raise CheckpointError(f"{source}: preset std {values!r} must be positive (it divides)")
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} weight tensors hold NaN or infinity, e.g. {bad[0]}")
 
 
 def _meta(data: bytes, *, source: str) -> dict[str, Any]:

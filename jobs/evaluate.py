@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import posixpath
 import sys
 import time
@@ -32,12 +33,13 @@ import torch
 from PIL import Image
 
 from detector.decode import DEFAULT_MAX_PIXELS, decode_image
-from detector.errors import DetectorError, ImageDecodeError
+from detector.errors import ImageDecodeError
 from detector.inference import Detector, score_images
 from detector.model import FAKE
 from detector.presets import reencode_jpeg
-from jobs import storage
+from jobs import cli, storage
 from jobs.metrics import binary_metrics
+from jobs.storage.allowed import AllowedRoots
 from jobs.storage.models import load_model
 from jobs.train.card import CARD_FILE, read_card
 from jobs.train.data import DataError, Sample, list_labelled
@@ -60,12 +62,16 @@ class EvaluateConfig:
     threads: int = 4
     max_images: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_prefix: tuple[str, ...] = ()  # where --data manifest entries may point; () = its bucket or folder
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allow_prefix", tuple(self.allow_prefix or ()))
         if isinstance(self.robustness, str):  # the flag's "jpeg75,crop" or "all"
             names = ROBUSTNESS if self.robustness == "all" else tuple(x for x in self.robustness.split(",") if x)
             object.__setattr__(self, "robustness", tuple(names))
-        problems = []
+        problems = cli.uri_problems(data=self.data, model=self.model, json=self.json, plots=self.plots)
+        problems += cli.finite_problems(val_fraction=self.val_fraction)
+        problems += [f"--allow-prefix: {e}" for e in _allow_problems(self.allow_prefix)]
         unknown = [n for n in self.robustness if n not in ROBUSTNESS]
         if unknown:
             problems.append(f"--robustness: unknown {unknown}; choose from {','.join(ROBUSTNESS)} or 'all'")
@@ -75,7 +81,7 @@ class EvaluateConfig:
             problems.append("--batch-size and --threads must be at least 1")
         if self.max_images is not None and self.max_images < 1:
             problems.append("--max-images must be at least 1")
-        if not 0 < self.val_fraction < 1:
+        if not 0 < self.val_fraction < 1:  # (NaN fails it too)
             problems.append("--val-fraction must be between 0 and 1, e.g. 0.2")
         if problems:
             raise ValueError("; ".join(problems))
@@ -95,31 +101,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=4, help="threads fetching and decoding images")
     p.add_argument("--max-images", type=int, default=None, help="evaluate a deterministic subset of at most N images per class")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels")
+    p.add_argument("--allow-prefix", action="append", default=None, metavar="PREFIX",
+                   help="a folder or s3://bucket[/prefix] that a --data manifest's entries may name (repeatable; "
+                        "default: the manifest's own bucket or folder; '*': anything)")
+    cli.add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug", False)
     try:
-        config = EvaluateConfig(**vars(args))
+        config = EvaluateConfig(**args)
     except ValueError as e:
         parser.error(str(e))
-    try:
-        result = run(config)
-    except (DataError, FileNotFoundError, DetectorError) as e:
-        print(f"evaluate failed: {e}", file=sys.stderr)
-        return 1
-    card = read_card(config.model)
-    print(card if card else f"(no {CARD_FILE} next to {config.model}: trained before model cards)", flush=True)
-    print_summary(result)
-    return 0
+    code, result = cli.run_main("evaluate", lambda: run(config), debug=debug)
+    if result is not None:
+        card = read_card(config.model)
+        print(card if card else f"(no {CARD_FILE} next to {config.model}: trained before model cards)", flush=True)
+        print_summary(result)
+    return code
 
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
     started = time.monotonic()
+    detector = _load(config.model)  # first: a bad model fails at once, before any listing
     samples = _select(config)
-    detector = _load(config.model)
     result: dict[str, Any] = {
         "data": config.data,
         "model": config.model,
@@ -138,20 +146,42 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
         r["accuracy_change"] = _diff(r.get("accuracy"), result.get("accuracy"))
         result["robustness"][name] = r
     result["seconds"] = round(time.monotonic() - started, 1)
-    if config.json:
-        storage.write_bytes(config.json, json.dumps(result, indent=2).encode())
+    if config.json:  # NaN (an undefined metric) is written as null: the file stays valid JSON
+        with cli.writing(config.json):
+            storage.write_bytes(config.json, json.dumps(_finite(result), indent=2, allow_nan=False).encode())
     if config.plots:
         from jobs.plots import roc_curve_png, score_histogram_png
 
         scores, labels = clean["scores"], clean["labels"]
-        storage.write_bytes(storage.join(config.plots, "roc.png"), roc_curve_png(scores, labels))
-        storage.write_bytes(storage.join(config.plots, "scores.png"),
-                            score_histogram_png(scores, labels, threshold=detector.threshold))
+        with cli.writing(config.plots):
+            storage.write_bytes(storage.join(config.plots, "roc.png"), roc_curve_png(scores, labels))
+            storage.write_bytes(storage.join(config.plots, "scores.png"),
+                                score_histogram_png(scores, labels, threshold=detector.threshold))
     return result
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, for JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _allow_problems(prefixes: tuple[str, ...]) -> list[str]:
+    try:
+        AllowedRoots(prefixes)
+    except ValueError as e:
+        return [str(e)]
+    return []
+
+
 def _select(config: EvaluateConfig) -> list[Sample]:
-    data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed,
+                         allow_prefixes=config.allow_prefix or None)
     samples = {"all": data.train + data.validation, "train": data.train, "validation": data.validation}[config.split]
     if config.max_images:
         by_class: dict[int, list[Sample]] = defaultdict(list)

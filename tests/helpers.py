@@ -156,3 +156,32 @@ def upsample_cam(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     up = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
     up = up - up.flatten(1).min(dim=1).values.view(-1, 1, 1)
     return up / (up.flatten(1).max(dim=1).values.view(-1, 1, 1) + 1e-7)
+
+
+def rewrite_checkpoint(path: Path, *, weights: Any = None, **meta: Any) -> Path:
+    """Rewrite the checkpoint at ``path`` with metadata entries replaced (and, when given,
+    ``weights(state)`` applied to its tensors), its model_version recomputed: a checkpoint
+    that jobs.train never wrote but whose hash is right, as an attacker or a bug makes one."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from detector.checkpoint import model_version, read_meta
+
+    file = path / "model.safetensors" if path.is_dir() else path
+    record, state = read_meta(file), load_file(str(file))
+    if weights is not None:
+        weights(state)
+    record.update(meta)
+    record["model_version"] = model_version(state, record)
+    save_file(state, str(file), metadata={"genscan": json.dumps(record)})
+    return path
+
+
+def small_images(folder: Path, n: int = 3, prefix: str = "img") -> list[Path]:
+    """``n`` small JPEGs ``<prefix><i>.jpg`` in ``folder`` (created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{prefix}{i}.jpg" for i in range(n)]
+    for i, p in enumerate(paths):
+        make_image(40, 32, seed=i).save(p, quality=90)
+    return paths

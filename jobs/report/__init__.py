@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from datetime import date
 
-from jobs import storage
+from jobs import cli, storage
 from jobs.report import exports
 from jobs.report import store as report_store
 from jobs.report.selection import HTML_ROWS, LIGHT_COLUMNS, ReportConfig, select
@@ -75,25 +75,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--flagged-only", action="store_true", help="select flagged rows only (summary, exports, page)")
     p.add_argument("--html-rows", choices=HTML_ROWS, default=d["html_rows"].default, help="rows on the page (default %(default)s)")
     p.add_argument("--html-limit", type=int, default=d["html_limit"].default, help="most rows on the page, highest scores first (default %(default)s)")
+    cli.add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug", False)
     try:
-        config = ReportConfig(**vars(args))
+        config = ReportConfig(**args)
     except ValueError as e:
         parser.error(str(e))
-    try:
-        result = run(config)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"report failed: {e}", file=sys.stderr)
-        return 1
+    code, result = cli.run_main("report", lambda: run(config), debug=debug)
+    if result is None:
+        return code
     print(result.text(), flush=True)
     for uri in result.written:
         print(f"wrote {uri}")
-    return 0
+    return code
 
 
 def run(config: ReportConfig) -> ReportResult:
@@ -104,7 +104,14 @@ def run(config: ReportConfig) -> ReportResult:
     dataset = report_store.open_reports(config.input)
     light = select(dataset, config, columns=LIGHT_COLUMNS)
     scans = scan_stats(light)
-    written = []
+    written: list[str] = []
+    with cli.writing("the export files"):
+        _write_exports(config, dataset, light, scans, written)
+    return ReportResult(scans=tuple(scans), top=top_flagged(light, config.top), rows=light.num_rows, written=tuple(written))
+
+
+def _write_exports(config: ReportConfig, dataset, light, scans, written: list[str]) -> None:
+    """Each requested file, appended to ``written`` once it is there."""
     if config.csv:
         storage.write_bytes(config.csv, exports.csv_bytes(light))
         written.append(config.csv)
@@ -117,7 +124,6 @@ def run(config: ReportConfig) -> ReportResult:
     if config.html:
         storage.write_bytes(config.html, exports.review_html(dataset, config, light, scans).encode("utf-8"))
         written.append(config.html)
-    return ReportResult(scans=tuple(scans), top=top_flagged(light, config.top), rows=light.num_rows, written=tuple(written))
 
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 from PIL import Image
 
+from jobs.report.summary import printable
+
 PAGE_SIZE = 100
 THUMBNAIL_SIZE = 160
 THUMBNAIL_QUALITY = 75
@@ -105,12 +107,14 @@ def render_page(rows: Sequence[dict[str, Any]], *, title: str, scans: Sequence[S
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready: floats rounded (NaN -> None), everything else str/bool/None."""
+    """JSON-ready: floats rounded (NaN -> None), everything else str/bool/None. Text is
+    escaped as the terminal summary escapes it (``printable``): a right-to-left override or a
+    zero-width character in a key shows as ``\u202e``, it does not reorder or hide the name."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, float):
         return None if value != value else round(value, 6)
-    return str(value)
+    return printable(str(value))
 
 
 def _scans_html(scans: Sequence[ScanPanel]) -> str:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from jobs import cli
 from jobs.report.schema import REPORT_SCHEMA, decide
 
 BINARY_COLUMNS = ("thumbnail", "cam")
@@ -39,8 +40,8 @@ class ReportConfig:
     html_limit: int = 10_000  # highest scores first
 
     def __post_init__(self) -> None:
-        p = []
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+        p = cli.uri_problems(input=self.input, html=self.html, csv=self.csv, parquet=self.parquet, histogram=self.histogram)
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # written so that NaN fails too
             p.append(f"--threshold must be in [0, 1] (a probability), got {self.threshold}")
         if self.top < 0:
             p.append(f"--top must be 0 or more, got {self.top}")

@@ -5,17 +5,21 @@ Layout under ``--output`` (local folder or ``s3://`` prefix)::
 
     scan_date=2026-05-01/scan_id=<id>/part-00000.parquet     # published report files
     _scans/<id>.json                                          # marker, written last
-    _staging/<id>/data/part-*.parquet                         # while the scan runs
+    _staging/<id>/lease.json                                  # the live run of <id> (jobs.report.lease)
+    _staging/<id>/attempt-<hex>/data/part-*.parquet           # while the scan runs
     _staging/<id>/publishing.json                             # while it publishes
 
-A scan writes its files under ``_staging/<id>/`` (names starting with ``_`` are hidden
+A scan takes the scan id's lease (a second live run of the id is refused), writes its
+files under its own ``_staging/<id>/attempt-<hex>/`` (names starting with ``_`` are hidden
 from pyarrow, pandas and Spark), then publishes them: it replaces the folder
 ``scan_date=<day>/scan_id=<id>/`` (one directory rename on a local disk; server-side
 copies on S3) and writes the marker ``_scans/<id>.json`` last (file list, counts, model
 version). ``open_reports`` trusts the markers only, so a scan killed at any point leaves
 nothing it reads; readers that glob the folders directly see a killed S3 publish's
 partial copies until the scan id is re-run. Re-running a scan id replaces its files
-(wherever an earlier attempt put them); no other scan or date is ever touched.
+(wherever an earlier attempt put them); no other scan or date is ever touched. Folders named
+in a marker or the publishing intent are deleted only when they have exactly the shape
+``scan_date=YYYY-MM-DD/scan_id=<this id>``: file contents never choose what is deleted.
 
     python -c "from jobs.report.store import open_reports; print(open_reports('reports').to_table().num_rows)"
 """
@@ -23,9 +27,10 @@ partial copies until the scan id is re-run. Re-running a scan id replaces its fi
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -35,6 +40,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from jobs import storage
+from jobs.report.markers import MARKER_FORMAT, SCAN_ID_PATTERN, SCANS_DIR, is_report_dir, published_scans
 from jobs.report.schema import (
     FILE_SCHEMA,
     REPORT_SCHEMA,
@@ -42,18 +48,22 @@ from jobs.report.schema import (
     partitioning,
 )
 
-SCANS_DIR = "_scans"
 STAGING_DIR = "_staging"
-MARKER_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class ScanLocation:
-    """The places one scan writes to under ``output``."""
+    """The places one attempt of one scan writes to under ``output``."""
 
     output: str
     scan_id: str
     scan_date: date
+    attempt: str = field(default_factory=lambda: f"attempt-{uuid.uuid4().hex[:16]}")
+
+    def __post_init__(self) -> None:
+        # the id names folders that are deleted: never a path
+        if not SCAN_ID_PATTERN.match(self.scan_id):
+            raise ValueError(f"scan id {self.scan_id!r} must be 1-128 letters, digits, '.', '_' or '-'")
 
     @property
     def relative_dir(self) -> str:
@@ -73,8 +83,13 @@ class ScanLocation:
         return storage.join(self.output, STAGING_DIR, self.scan_id)
 
     @property
+    def attempt_uri(self) -> str:
+        """This attempt's own staging folder: another run of the id never writes there."""
+        return storage.join(self.staging_uri, self.attempt)
+
+    @property
     def staged_data_uri(self) -> str:
-        return storage.join(self.staging_uri, "data")
+        return storage.join(self.attempt_uri, "data")
 
     @property
     def intent_uri(self) -> str:
@@ -82,9 +97,20 @@ class ScanLocation:
 
 
 def clear_staging_data(loc: ScanLocation) -> None:
-    """Remove the data a killed earlier attempt of this scan id staged (its publishing
-    intent stays, so publish() can clean up after it)."""
-    storage.delete_prefix(loc.staged_data_uri)
+    """Remove what this attempt staged (after a failure: a full disk's partial file), and
+    the staging folders it leaves empty. Other attempts' folders are theirs."""
+    storage.delete_prefix(loc.attempt_uri)
+    remove_empty_staging(loc)
+
+
+def remove_empty_staging(loc: ScanLocation) -> None:
+    """Remove ``_staging/<id>/`` and ``_staging/`` when empty (local folders; S3 has none)."""
+    path = storage.local_path_if_local(loc.staging_uri)
+    for folder in (path, os.path.dirname(path)) if path else ():
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty, or gone: fine
+            pass
 
 
 def write_staged(dataset: Any, loc: ScanLocation, *, rows_per_file: int) -> None:
@@ -92,8 +118,8 @@ def write_staged(dataset: Any, loc: ScanLocation, *, rows_per_file: int) -> None
     from ray.data.datasource import FilenameProvider
 
     class PartNames(FilenameProvider):
-        """``part-<write task>-<i>.parquet``: the staging folder is emptied first, so
-        task indices are unique without the write UUID in every name."""
+        """``part-<write task>.parquet``: the attempt's staging folder is new, so task
+        indices are unique without the write UUID in every name."""
 
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
             return f"part-{task_index:05d}.parquet"
@@ -165,7 +191,7 @@ def publish(loc: ScanLocation, files: list[str], record: dict[str, Any]) -> dict
     Returns the marker's content.
     """
     earlier = _earlier_dirs(loc)
-    storage.write_bytes(loc.intent_uri, json.dumps({"report": loc.relative_dir}).encode())
+    storage.write_bytes(loc.intent_uri, json.dumps({"report": loc.relative_dir}, allow_nan=False).encode())
     storage.delete_object(loc.marker_uri)
     for relative in earlier - {loc.relative_dir}:
         storage.delete_prefix(storage.join(loc.output, relative))
@@ -182,8 +208,10 @@ def publish(loc: ScanLocation, files: list[str], record: dict[str, Any]) -> dict
         "files": [f"{loc.relative_dir}/{f}" for f in files],
         **record,
     }
-    storage.write_bytes(loc.marker_uri, json.dumps(marker, indent=1).encode())
+    # allow_nan=False: a NaN would make the marker invalid JSON for every other reader
+    storage.write_bytes(loc.marker_uri, json.dumps(marker, indent=1, allow_nan=False).encode())
     storage.delete_prefix(loc.staging_uri)
+    remove_empty_staging(loc)
     return marker
 
 
@@ -194,25 +222,12 @@ def _earlier_dirs(loc: ScanLocation) -> set[str]:
     for uri in (loc.marker_uri, loc.intent_uri):
         try:
             found.add(json.loads(storage.read_bytes(uri))["report"])
-        except (FileNotFoundError, KeyError, ValueError):
+        except (FileNotFoundError, KeyError, TypeError, ValueError):
             pass
-    return {d for d in found if d.startswith("scan_date=") and d.endswith(f"/scan_id={loc.scan_id}")}
+    return {d for d in found if is_report_dir(d, loc.scan_id)}
 
 
 # -- reading ---------------------------------------------------------------------------
-
-
-def published_scans(output: str) -> list[dict[str, Any]]:
-    """The markers of every published scan under ``output``, oldest scan date first."""
-    try:
-        uris = [i.uri for i in storage.list_objects(storage.join(output, SCANS_DIR), extensions=frozenset({".json"}))]
-    except FileNotFoundError:
-        return []
-    if not uris:
-        return []
-    with ThreadPoolExecutor(max_workers=min(8, len(uris))) as pool:
-        markers = list(pool.map(lambda u: json.loads(storage.read_bytes(u)), uris))
-    return sorted((m for m in markers if m.get("format") == MARKER_FORMAT), key=lambda m: (m["scan_date"], m["scan_id"]))
 
 
 def open_reports(output: str, *, exclude_scan_ids: Iterable[str] = ()) -> ds.Dataset:
@@ -234,3 +249,8 @@ def open_reports(output: str, *, exclude_scan_ids: Iterable[str] = ()) -> ds.Dat
         partitioning=partitioning(),
         partition_base_dir=root,
     )
+
+
+__all__ = ["MARKER_FORMAT", "SCAN_ID_PATTERN", "SCANS_DIR", "STAGING_DIR", "ScanLocation", "clear_staging_data",
+           "open_reports", "publish", "published_scans", "remove_empty_staging", "staged_counts", "staged_files",
+           "write_staged", "write_staged_tables"]

@@ -7,8 +7,14 @@ per image, with score, label and a heat-map thumbnail.
     ray job submit --working-dir . -- python -m jobs.scan --input s3://uploads/2026/ \\
         --model s3://models/detector-v3 --output s3://reports/scans --mode incremental \\
         --use-gpu --concurrency 2 --batch-size 64
-    # an S3 Inventory (or any CSV/Parquet list of URIs)
-    python -m jobs.scan --manifest s3://inventory/uploads/data/ --model ... --output ...
+    # an S3 Inventory (or any CSV/Parquet list of URIs); its entries may only name objects
+    # under --allow-prefix (default: the manifest's own bucket or folder; '*': anything)
+    python -m jobs.scan --manifest s3://inventory/uploads/data/ --allow-prefix s3://uploads/ \\
+        --model ... --output ...
+
+Failures print one ``scan failed: ...`` line and exit with the code of their kind
+(jobs/cli.py: 2 bad flags, 3 bad model, 4 storage unreachable or denied, 5 output not
+writable, 6 scan id in use, 1 anything else); ``--debug`` adds the traceback.
 
 Pipeline (Ray Data, streaming): list on the driver (jobs.scan.listing) -> skip what earlier
 scans scored (jobs.scan.incremental, --mode incremental) -> ``fetch_and_prepare`` tasks
@@ -28,64 +34,38 @@ runs, or replace the listing with a Ray Data datasource that lists prefixes in t
 
 from __future__ import annotations
 
-import argparse
-import re
+import os
 import secrets
+import stat
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from detector.backends import RUNTIMES, resolve
-from detector.decode import DEFAULT_MAX_PIXELS
-from detector.errors import DetectorError
+from detector.backends import resolve
+from jobs import cli, storage
 from jobs.report import store as report_store
+from jobs.report.lease import ScanLease
 from jobs.runtime import Progress, ensure_ray
+from jobs.scan.config import MODES, ScanConfig, get_args_parser, validate
 from jobs.scan.incremental import ScoredIndex
 from jobs.scan.listing import list_input
 from jobs.scan.pipeline import (
-    EXECUTORS,
     FETCH_CPUS,
-    LOCAL_MAX_OBJECTS,
     choose_executor,
     listing_dataset,
     score_dataset,
     score_locally,
 )
-from jobs.scan.scorer import THUMBNAIL_MODES
+from jobs.storage.manifest import Manifest
 from jobs.storage.models import load_model
 
-SCAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MODES = ("full", "incremental")
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    output: str
-    model: str
-    input: str | None = None
-    manifest: str | None = None
-    threshold: float | None = None  # None: the checkpoint's calibrated threshold
-    batch_size: int = 32
-    concurrency: int = 1
-    cpus_per_scorer: float = 1.0
-    use_gpu: bool = False
-    mode: str = "full"
-    thumbnails: str = "all"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = 64 * 1024 * 1024
-    scan_id: str | None = None  # None: generated from the start time
-    rows_per_file: int = 5000
-    runtime: str = "auto"  # what runs the network: detector.backends (auto: openvino on CPU when installed)
-    executor: str = "auto"  # auto: in the driver up to LOCAL_MAX_OBJECTS objects (jobs.scan.pipeline), else Ray Data
-
-    def __post_init__(self) -> None:
-        problems = validate(self)
-        if problems:
-            raise ValueError("; ".join(problems))
+SCAN_ID_PATTERN = report_store.SCAN_ID_PATTERN
+__all__ = ["MODES", "SCAN_ID_PATTERN", "ScanConfig", "ScanSummary", "get_args_parser", "main", "run", "validate"]
 
 
 @dataclass(frozen=True)
@@ -104,102 +84,85 @@ class ScanSummary:
     marker: str  # its _scans/<id>.json
     files: tuple[str, ...]
     executor: str = "ray"  # where it was scored: "ray" (Ray Data) or "local" (this process)
+    dropped: tuple[tuple[str, int], ...] = ()  # manifest rows left out: (reason, rows)
 
     def line(self) -> str:
+        dropped = f", dropped {sum(n for _, n in self.dropped)} manifest rows" if self.dropped else ""
         return (
-            f"scan {self.scan_id}: listed {self.listed}, skipped {self.skipped}, scored {self.scored}, "
+            f"scan {self.scan_id}: listed {self.listed}{dropped}, skipped {self.skipped}, scored {self.scored}, "
             f"flagged {self.flagged}, errors {self.errors} in {self.seconds:.1f} s "
             f"({self.images_per_s:.1f} images/s, {self.executor}); report {self.report} ({len(self.files)} files, "
             f"marker {self.marker})"
         )
 
 
-def validate(c: ScanConfig) -> list[str]:
-    """Problems with a configuration, each saying what to do."""
-    p = []
-    if (c.input is None) == (c.manifest is None):
-        p.append("give either --input (a folder or s3:// prefix) or --manifest (a CSV/Parquet list), not both or neither")
-    if c.threshold is not None and not 0.0 <= c.threshold <= 1.0:
-        p.append(f"--threshold must be in [0, 1] (a probability), got {c.threshold}")
-    for name in ("batch_size", "concurrency", "max_pixels", "max_bytes", "rows_per_file"):
-        if getattr(c, name) < 1:
-            p.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
-    if c.cpus_per_scorer <= 0:
-        p.append(f"--cpus-per-scorer must be positive, got {c.cpus_per_scorer}")
-    if c.mode not in MODES:
-        p.append(f"--mode must be one of {', '.join(MODES)}, got {c.mode!r}")
-    if c.runtime not in RUNTIMES:
-        p.append(f"--runtime must be one of {', '.join(RUNTIMES)}, got {c.runtime!r}")
-    elif c.runtime != "auto":
-        try:
-            resolve(c.runtime, use_gpu=c.use_gpu)
-        except ValueError as e:
-            p.append(str(e))
-    if c.executor not in EXECUTORS:
-        p.append(f"--executor must be one of {', '.join(EXECUTORS)}, got {c.executor!r}")
-    if c.thumbnails not in THUMBNAIL_MODES:
-        p.append(f"--thumbnails must be one of {', '.join(THUMBNAIL_MODES)}, got {c.thumbnails!r}")
-    if c.scan_id is not None and not SCAN_ID_PATTERN.match(c.scan_id):
-        p.append(f"--scan-id {c.scan_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return p
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    d = ScanConfig.__dataclass_fields__
-    p = argparse.ArgumentParser(prog="python -m jobs.scan", description=__doc__.split("\n\n")[0], allow_abbrev=False)  # a misspelt flag fails
-    p.add_argument("--input", help="folder or s3://bucket/prefix to scan (images by extension, any depth)")
-    p.add_argument("--manifest", help="CSV/Parquet file (or folder, e.g. an S3 Inventory) listing the objects: a uri column, or bucket and key")
-    p.add_argument("--model", required=True, help="training output folder (local or s3://) holding model.safetensors, or the file")
-    p.add_argument("--output", required=True, help="report root (local or s3://); the scan goes to scan_date=.../scan_id=.../")
-    p.add_argument("--threshold", type=float, default=None, help="flag images with P(fake) >= this (default: the checkpoint's calibrated one)")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per model batch (default %(default)s)")
-    p.add_argument("--concurrency", type=int, default=d["concurrency"].default, help="scoring actors, each holding the model (default %(default)s)")
-    p.add_argument("--cpus-per-scorer", type=float, default=d["cpus_per_scorer"].default, help="CPUs each scoring actor reserves and uses as torch threads (default %(default)s)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per scoring actor")
-    p.add_argument("--mode", choices=MODES, default="full", help="incremental: skip objects this model already scored without error (same uri and etag)")
-    p.add_argument("--thumbnails", choices=THUMBNAIL_MODES, default="all", help="which rows get a heat-map thumbnail (default all)")
-    p.add_argument("--max-pixels", type=int, default=d["max_pixels"].default, help="larger images are error rows (decompression bombs; default %(default)s)")
-    p.add_argument("--max-bytes", type=int, default=d["max_bytes"].default, help="larger objects are error rows, not downloaded (default %(default)s)")
-    p.add_argument("--scan-id", default=None, help="name of this scan (default: start time + random suffix); re-running an id replaces that scan")
-    p.add_argument("--rows-per-file", type=int, default=d["rows_per_file"].default, help="Parquet rows per file (default %(default)s)")
-    p.add_argument("--runtime", choices=RUNTIMES, default=d["runtime"].default,
-                   help="what runs the network: torch (the reference; GPU), openvino (CPU, ~3x faster, scores within "
-                        "0.01), auto (default: openvino on CPU when installed, else torch)")
-    p.add_argument("--executor", choices=EXECUTORS, default=d["executor"].default,
-                   help=f"ray: a Ray Data pipeline (scales out; ~13 s to start on 2 cores); local: fetch and score in this "
-                        f"process; auto (default): local up to {LOCAL_MAX_OBJECTS} objects (GPU scans: ray)")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug", False)
     try:
-        config = ScanConfig(**vars(args))
+        config = ScanConfig(**args)
     except ValueError as e:
         parser.error(str(e))
-    try:
-        summary = run(config)
-    except (FileNotFoundError, DetectorError, ValueError) as e:
-        print(f"scan failed: {e}", file=sys.stderr)
-        return 1
-    print(summary.line(), flush=True)
-    return 0
+    code, summary = cli.run_main("scan", lambda: run(config), debug=debug)
+    if summary is not None:
+        print(summary.line(), flush=True)
+    return code
 
 
 def run(config: ScanConfig) -> ScanSummary:
     """Scan, write and publish one report; returns its summary. The Ray Data path joins
-    the Ray cluster (``ray.init()``: RAY_ADDRESS, or a local Ray) unless Ray is initialised."""
-    import ray
+    the Ray cluster (``ray.init()``: RAY_ADDRESS, or a local Ray) unless Ray is initialised.
 
+    The scan id's lease (jobs.report.lease) is taken before anything is staged, so a second
+    live run of the id is refused (jobs.cli.InUseError); each attempt stages in its own
+    folder, and one that fails removes what it staged (a full disk's partial file)."""
     start = time.monotonic()
     started_at = datetime.now(timezone.utc)
     scan_id = config.scan_id or f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     loc = report_store.ScanLocation(config.output, scan_id, started_at.date())
     checkpoint, model_version, threshold, preset = _load_model(config)
+    lease = ScanLease(loc.staging_uri, scan_id, loc.attempt)
+    with cli.writing(config.output):  # the first write: a read-only --output fails here, before any work
+        lease.acquire()
+    try:
+        blocks, listed, skipped, dropped = _list(config, scan_id, model_version)
+        executor, rows = _score_and_stage(config, loc, blocks, checkpoint=checkpoint, preset=preset, threshold=threshold)
+        files = report_store.staged_files(loc)
+        counts = report_store.staged_counts(loc, files)
+        if counts["rows"] != rows:  # every object handed to the pipeline must come back as one row
+            raise RuntimeError(f"scan {scan_id}: {rows} objects went in but {counts['rows']} rows were written; not published")
+        seconds = time.monotonic() - start
+        record = {
+            "model_version": model_version, "threshold": threshold, "mode": config.mode, "executor": executor,
+            "runtime": resolve(config.runtime, use_gpu=config.use_gpu),
+            "input": config.input, "manifest": config.manifest, "listed": listed, "skipped": skipped,
+            "dropped": dict(dropped), **counts, "started_at": started_at.isoformat(),
+            "published_at": datetime.now(timezone.utc).isoformat(), "config": asdict(config),
+        }
+        lease.check()  # still this attempt's scan id: publish
+        with cli.writing(config.output):
+            marker = report_store.publish(loc, files, record)
+    except BaseException:
+        _discard(loc)
+        raise
+    finally:
+        lease.release()
+        report_store.remove_empty_staging(loc)
+    return ScanSummary(
+        scan_id=scan_id, scan_date=loc.scan_date.isoformat(), listed=listed, skipped=skipped,
+        scored=counts["scored"], flagged=counts["flagged"], errors=counts["errors"],
+        seconds=seconds, images_per_s=counts["rows"] / max(seconds, 1e-9), model_version=model_version,
+        report=loc.report_uri, marker=loc.marker_uri, files=tuple(marker["files"]), executor=executor,
+        dropped=tuple(dropped.most_common()),
+    )
 
-    blocks, listed, skipped = _list(config, scan_id, model_version)
-    report_store.clear_staging_data(loc)
+
+def _score_and_stage(config: ScanConfig, loc: report_store.ScanLocation, blocks: list[pa.Table], *,
+                     checkpoint: bytes, preset: dict, threshold: float) -> tuple[str, int]:
+    """Score the listing into this attempt's staging folder; returns (executor, rows in)."""
+    import ray
+
     rows = sum(b.num_rows for b in blocks)
     executor = choose_executor(config.executor, rows, use_gpu=config.use_gpu)
     if rows and executor == "local":
@@ -208,7 +171,8 @@ def run(config: ScanConfig) -> ScanSummary:
             batch_size=config.batch_size, use_gpu=config.use_gpu, max_pixels=config.max_pixels, runtime=config.runtime,
             max_bytes=config.max_bytes,
         )
-        report_store.write_staged_tables(tables, loc, rows_per_file=config.rows_per_file)
+        with cli.writing(config.output):
+            report_store.write_staged_tables(tables, loc, rows_per_file=config.rows_per_file)
     elif rows:
         ensure_ray()
         _check_resources(config, ray.cluster_resources())
@@ -217,26 +181,17 @@ def run(config: ScanConfig) -> ScanSummary:
             batch_size=config.batch_size, concurrency=config.concurrency, cpus_per_scorer=config.cpus_per_scorer,
             use_gpu=config.use_gpu, max_pixels=config.max_pixels, max_bytes=config.max_bytes, runtime=config.runtime,
         )
-        report_store.write_staged(ds, loc, rows_per_file=config.rows_per_file)
-    files = report_store.staged_files(loc)
-    counts = report_store.staged_counts(loc, files)
-    if counts["rows"] != rows:  # every object handed to the pipeline must come back as one row
-        raise RuntimeError(f"scan {scan_id}: {rows} objects went in but {counts['rows']} rows were written; not published")
-    seconds = time.monotonic() - start
-    record = {
-        "model_version": model_version, "threshold": threshold, "mode": config.mode, "executor": executor,
-        "runtime": resolve(config.runtime, use_gpu=config.use_gpu),
-        "input": config.input, "manifest": config.manifest, "listed": listed, "skipped": skipped, **counts,
-        "started_at": started_at.isoformat(), "published_at": datetime.now(timezone.utc).isoformat(),
-        "config": asdict(config),
-    }
-    marker = report_store.publish(loc, files, record)
-    return ScanSummary(
-        scan_id=scan_id, scan_date=loc.scan_date.isoformat(), listed=listed, skipped=skipped,
-        scored=counts["scored"], flagged=counts["flagged"], errors=counts["errors"],
-        seconds=seconds, images_per_s=counts["rows"] / max(seconds, 1e-9), model_version=model_version,
-        report=loc.report_uri, marker=loc.marker_uri, files=tuple(marker["files"]), executor=executor,
-    )
+        with cli.writing(config.output):
+            report_store.write_staged(ds, loc, rows_per_file=config.rows_per_file)
+    return executor, rows
+
+
+def _discard(loc: report_store.ScanLocation) -> None:
+    """Remove what a failed attempt staged; never hide the failure itself."""
+    try:
+        report_store.clear_staging_data(loc)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: could not remove {loc.attempt_uri}: {e}", file=sys.stderr, flush=True)
 
 
 def _check_resources(config: ScanConfig, resources: dict) -> None:
@@ -261,16 +216,20 @@ def _load_model(config: ScanConfig) -> tuple[bytes, str, float, dict]:
     return data, ckpt.model_version, float(threshold), ckpt.preset.to_dict()
 
 
-def _list(config: ScanConfig, scan_id: str, model_version: str) -> tuple[list[pa.Table], int, int]:
-    """The listing as Arrow tables, minus what incremental mode skips."""
+def _list(config: ScanConfig, scan_id: str, model_version: str) -> tuple[list[pa.Table], int, int, Counter[str]]:
+    """The listing as Arrow tables, minus what incremental mode skips; and the manifest
+    rows left out, by reason (printed as a warning too)."""
     index = None
     if config.mode == "incremental":
         index = ScoredIndex.from_reports(config.output, model_version, exclude_scan_ids={scan_id})
         print(f"incremental: {len(index)} objects already scored by {model_version}", flush=True)
+    _check_input_kind(config.input)
+    # Manifest(m) is m: list_input reads this reader, with its allowed prefixes
+    manifest = None if config.manifest is None else Manifest(config.manifest, allow_prefixes=config.allow_prefix or None)
     progress = Progress(f"listing {config.input or config.manifest}")
     blocks: list[pa.Table] = []
     listed = skipped = 0
-    for chunk in list_input(input=config.input, manifest=config.manifest):
+    for chunk in list_input(input=config.input, manifest=manifest):
         n = chunk.num_rows
         listed += n
         if index is not None:
@@ -281,7 +240,23 @@ def _list(config: ScanConfig, scan_id: str, model_version: str) -> tuple[list[pa
             blocks.append(chunk)
         progress.update(n, skipped=skipped)
     progress.print(listed=listed, skipped=skipped)
-    return blocks, listed, skipped
+    if manifest is not None and manifest.dropped:
+        print(f"warning: {manifest.dropped_text()} (allowed: {manifest.allowed})", file=sys.stderr, flush=True)
+    return blocks, listed, skipped, manifest.dropped if manifest is not None else Counter()
+
+
+def _check_input_kind(input: str | None) -> None:
+    """A local --input that exists but is neither a folder nor a file (a FIFO, a device,
+    a socket) is named for what it is, not "does not exist"."""
+    path = None if input is None or storage.is_s3(input) else storage.local_path_if_local(input)
+    try:
+        mode = os.stat(path).st_mode if path else None
+    except OSError:
+        return  # missing: the listing says so
+    if mode is not None and not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
+        raise ValueError(f"--input {input} is {kind}, not a folder, file or s3:// prefix")
 
 
 if __name__ == "__main__":

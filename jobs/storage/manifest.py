@@ -14,9 +14,20 @@ and optionally ``etag``/``e_tag``, ``size``/``size_bytes``, ``label`` and ``spli
 training). Column names are matched in any case. Rows of S3 Inventory's versioned format
 that are not ``is_latest`` or are delete markers are left out.
 
-``read_manifest`` yields Arrow tables of ``MANIFEST_SCHEMA`` with every ``uri`` resolved
-to an absolute URI; rows it cannot use are not yielded but counted in ``Manifest.dropped``
-(reason -> rows), so callers can say how many were left out and why.
+``Manifest.tables()`` yields Arrow tables of ``MANIFEST_SCHEMA`` with every ``uri``
+resolved to an absolute URI (local paths normalised; S3 keys are data and kept as written),
+whitespace around entries stripped, each URI once. Rows it cannot use are not yielded but
+counted in ``Manifest.dropped`` (reason -> rows; ``dropped_text()`` says it in one line):
+empty entries, schemes other than ``s3://`` and ``file://``, duplicates, CSV values that run
+over several lines (a stray quote swallows the lines after it: each swallowed line counts),
+and entries outside the allowed roots.
+
+A manifest is data from someone else: its entries could name any file the job can read
+or any bucket its credentials reach. ``allow_prefixes`` (``--allow-prefix``) confines them
+to given folders and ``s3://bucket[/prefix]``s, matched on normalised paths (symlinks
+resolved when the manifest is read) and whole path segments (``s3://bucket-evil`` is not
+under ``s3://bucket``); ``"*"`` allows everything. Not given: the manifest's own bucket (an
+``s3://`` manifest) or its own folder (a local one).
 
     python -c "from jobs.storage.manifest import Manifest; m = Manifest('list.csv'); print(sum(t.num_rows for t in m.tables()), m.dropped)"
 """
@@ -25,14 +36,16 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import storage
+from jobs.storage.allowed import AllowedRoots
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 MANIFEST_SCHEMA = pa.schema([
@@ -42,6 +55,10 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("label", pa.string()),  # as written (training checks the values)
     pa.field("split", pa.string()),
 ])
+STRAY_QUOTE = "a CSV value runs over several lines (a stray quote?)"
+OUTSIDE = "outside the allowed prefixes (--allow-prefix)"
+DUPLICATE = "duplicate (after normalisation)"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _ROLES = {"uri": ("uri", "path", "file"), "etag": ("etag", "e_tag"), "size": ("size_bytes", "size"),
           "label": ("label",), "split": ("split",)}
 
@@ -52,20 +69,32 @@ def is_manifest(uri: str) -> bool:
 
 
 class Manifest:
-    """One manifest, opened: its columns found, its rows read in Arrow batches."""
+    """One manifest, opened: its columns found, its rows read in Arrow batches.
 
-    def __init__(self, uri: str):
+    ``Manifest(m)`` of an opened Manifest is ``m`` itself, so one configured with
+    ``allow_prefixes`` can be handed to code that opens manifests by URI.
+    """
+
+    def __new__(cls, uri: Any, **kwargs: Any) -> Manifest:
+        return uri if isinstance(uri, Manifest) else super().__new__(cls)
+
+    def __init__(self, uri: Any, *, allow_prefixes: Sequence[str] | None = None, deduplicate: bool = True):
         import pyarrow.dataset as ds
 
+        if isinstance(uri, Manifest):
+            return
         self.uri = uri
         self.dropped: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}  # reason -> the first entry dropped for it
+        self.allowed = AllowedRoots(allow_prefixes) if allow_prefixes else AllowedRoots.beside(uri)
+        self._seen: set[str] | None = set() if deduplicate else None
         fs, path = storage.pyarrow_filesystem(uri)
-        csv = uri.lower().endswith((".csv", ".csv.gz"))
+        self._csv = uri.lower().endswith((".csv", ".csv.gz"))
         try:
-            fmt = ds.CsvFileFormat(convert_options=_all_strings(fs, path)) if csv else "parquet"
+            fmt = ds.CsvFileFormat(convert_options=_all_strings(fs, path)) if self._csv else "parquet"
             self._dataset = ds.dataset(path, filesystem=fs, format=fmt)
         except (FileNotFoundError, OSError, pa.ArrowInvalid) as e:
-            raise FileNotFoundError(f"cannot read the manifest {uri}: {e}") from None
+            raise _read_error(uri, e) from None
         names = {n.lower(): n for n in self._dataset.schema.names}
         self.columns: dict[str, str | None] = {
             role: next((names[c] for c in options if c in names), None) for role, options in _ROLES.items()}
@@ -88,6 +117,15 @@ class Manifest:
                 yield self._normalised(batch)
         except pa.ArrowInvalid as e:  # a malformed CSV line: say where, keep no partial silence
             raise ValueError(f"manifest {self.uri} is malformed: {e}") from None
+        except OSError as e:
+            raise _read_error(self.uri, e) from None
+
+    def dropped_text(self) -> str:
+        """``3 rows left out: 2 duplicate (...), e.g. 'a.jpg'; ...``, or "" when none were."""
+        if not self.dropped:
+            return ""
+        parts = [f"{n} {why}, e.g. {_shown(self.examples[why])}" for why, n in self.dropped.most_common()]
+        return f"{sum(self.dropped.values())} rows left out of {self.uri}: " + "; ".join(parts)
 
     def _normalised(self, batch: pa.RecordBatch) -> pa.Table:
         n = batch.num_rows
@@ -96,7 +134,8 @@ class Manifest:
             raw = [f"s3://{b}/{k}" if b and k else None for b, k in pairs]
         else:
             raw = batch.column(self.columns["uri"]).cast(pa.string()).to_pylist()
-        uris = [self.resolve(u) for u in raw]
+        swallowed = _lines_swallowed(batch) if self._csv else [0] * n
+        uris = [self._accepted(u, lines) for u, lines in zip(raw, swallowed)]
 
         def column(role: str, type_: pa.DataType) -> pa.Array:
             name = self.columns[role]
@@ -106,21 +145,73 @@ class Manifest:
                           column("label", pa.string()), column("split", pa.string())], schema=MANIFEST_SCHEMA)
         return table.filter(pc.is_valid(table["uri"]))
 
+    def _accepted(self, entry: Any, swallowed: int) -> str | None:
+        """The URI of one row, or None with the reason counted in ``dropped``."""
+        if swallowed:  # this row's value holds the lines after it: count each of them
+            return self._drop(STRAY_QUOTE, entry, swallowed)
+        uri = self.resolve(entry)
+        if uri is None:
+            return None
+        if not self.allowed.allows(uri):
+            return self._drop(OUTSIDE, entry)
+        if self._seen is not None:
+            if uri in self._seen:
+                return self._drop(DUPLICATE, entry)
+            self._seen.add(uri)
+        return uri
+
     def resolve(self, entry: Any) -> str | None:
         """An absolute URI for one manifest entry, or None (counted in ``dropped``)."""
         if entry is None or not str(entry).strip():
-            self.dropped["empty uri"] += 1
-            return None
+            return self._drop("empty uri", "")
         entry = str(entry).strip()
-        if storage.is_s3(entry):
-            return entry
-        if "://" in entry and not entry.startswith("file://"):
-            self.dropped[f"unsupported scheme {entry.split('://', 1)[0][:16]}://"] += 1
-            return None
+        scheme = _SCHEME.match(entry)
+        if scheme and scheme.group(1).lower() == "s3" and entry[3:5] == "//":
+            return "s3://" + entry[5:]  # S3 keys are data: kept as written
+        if scheme and scheme.group(1).lower() == "file":
+            entry = re.sub(r"^file:(//)?", "", entry, flags=re.IGNORECASE)
+        elif scheme and len(scheme.group(1)) > 1:  # (one letter: a Windows drive, a local name)
+            return self._drop(f"unsupported scheme {scheme.group(1).lower()[:16]}: (only s3:// and local paths)", entry)
         if self._s3_base is not None:  # keys beside the manifest, in its bucket
             return storage.join(self._s3_base, posixpath.normpath(entry))
-        entry = entry.removeprefix("file://")
         return os.path.normpath(os.path.join(self._local_base, entry))
+
+    def _drop(self, reason: str, entry: Any, rows: int = 1) -> None:
+        self.dropped[reason] += rows
+        self.examples.setdefault(reason, str(entry))
+        return None
+
+
+def _read_error(uri: str, e: Exception) -> Exception:
+    """What pyarrow's failure to read a manifest means: missing (FileNotFoundError), S3
+    unreachable (ConnectionError) or access denied (PermissionError), as jobs.storage says."""
+    text = " ".join(str(e).split())
+    if isinstance(e, PermissionError) or any(w in text for w in ("ACCESS_DENIED", "AccessDenied", "credentials",
+                                                                    "INVALID_ACCESS_KEY", "SIGNATURE", "Forbidden")):
+        return PermissionError(f"cannot read the manifest {uri}: access denied ({text}); check the AWS credentials")
+    if isinstance(e, ConnectionError) or any(w in text for w in ("NETWORK_CONNECTION", "onnect", "timed out")):
+        return ConnectionError(f"cannot read the manifest {uri}: S3 is not reachable ({text}); check AWS_ENDPOINT_URL")
+    return FileNotFoundError(f"cannot read the manifest {uri}: {text}")
+
+
+def _lines_swallowed(batch: pa.RecordBatch) -> list[int]:
+    """Per row, how many manifest lines a value holds beyond its own (a CSV value that
+    opens a quote it never closes runs to the next quote or the end of the file)."""
+    counts = [0] * batch.num_rows
+    for column in batch.columns:
+        if not pa.types.is_string(column.type):
+            continue
+        multi = pc.fill_null(pc.match_substring_regex(column, "[\r\n]"), False)
+        for i in pc.indices_nonzero(multi).to_pylist():
+            lines = len(str(column[i].as_py()).strip("\r\n").splitlines())
+            counts[i] = max(counts[i], lines)
+    return counts
+
+
+def _shown(entry: str) -> str:
+    """An entry as printed: escaped (control and bidi characters), at most 80 characters."""
+    text = ascii(entry)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _all_strings(fs: Any, path: str) -> Any:

@@ -10,7 +10,12 @@ whole output with its Ray Train run, and it is loaded from memory (no temporary 
 from __future__ import annotations
 
 from detector.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint_bytes
+from detector.errors import CheckpointError
 from jobs import storage
+
+
+class MissingCheckpoint(CheckpointError, FileNotFoundError):
+    """No checkpoint where ``--model`` points: a bad model (exit 3), and a missing file."""
 
 
 def checkpoint_uri(model: str) -> str:
@@ -23,8 +28,8 @@ def read_checkpoint_bytes(model: str) -> bytes:
     uri = checkpoint_uri(model)
     try:
         return storage.read_bytes(uri)
-    except (FileNotFoundError, IsADirectoryError):
-        raise FileNotFoundError(f"no checkpoint at {uri}: --model must be a training output holding "
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise MissingCheckpoint(f"no checkpoint at {uri}: --model must be a training output holding "
                                 f"{CHECKPOINT_FILE}, or that file") from None
 
 

@@ -37,8 +37,15 @@ classes' file formats, sizes and JPEG qualities on a sample and warns when they 
 
 Workers read their own shard (jobs/train/loop.py). S3 settings and credentials come from
 each Ray process's own environment (jobs.storage ships no secrets): an embedded Ray
-inherits the driver's AWS_* variables; on a cluster, nodes have a role, or the job passes
-them, e.g. ``ray job submit --runtime-env-json '{"env_vars": {"AWS_ENDPOINT_URL": ...}}'``.
+inherits the driver's AWS_* variables; on a cluster, give the nodes an IAM role (instance
+profile, IRSA), or set the AWS_* variables on every node's processes (a Kubernetes Secret
+mounted as env vars, ``envFrom: secretRef``, on the RayCluster's pods, or the environment
+of ``ray start``). Never pass secrets with ``ray job submit --runtime-env-json``: Ray keeps
+the runtime env in its job records, readable on the dashboard and through the job API.
+
+A manifest's entries must lie under ``--allow-prefix`` (default: the manifest's own bucket
+or folder; ``'*'``: anything). Failures print one ``train failed: ...`` line with the exit
+code of their kind (jobs/cli.py); ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -60,13 +67,12 @@ from ray.train import (
 )
 from ray.train.torch import TorchTrainer
 
-from detector.errors import DetectorError
 from detector.model import ARCHITECTURES, build_model
 from detector.presets import PRESETS
-from jobs import storage
+from jobs import cli, storage
 from jobs.runtime import ensure_ray
 from jobs.train.config import OPTIMIZERS, RECIPES, SCHEDULES, SELECT_BY, TrainConfig
-from jobs.train.data import DataError, LabelledData, list_labelled
+from jobs.train.data import LabelledData, list_labelled
 from jobs.train.loop import train_loop
 from jobs.train.output import publish
 from jobs.train.run_state import RUN_DIR, RunConflictError, claim_run_dir
@@ -120,29 +126,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="target false-positive rate on real validation images for the operating threshold")
     p.add_argument("--max-pixels", type=int, default=d["max_pixels"].default,
                    help="larger images are skipped as possible decompression bombs")
+    p.add_argument("--allow-prefix", action="append", default=None, metavar="PREFIX",
+                   help="a folder or s3://bucket[/prefix] that a --data manifest's entries may name (repeatable; "
+                        "default: the manifest's own bucket or folder; '*': anything)")
+    cli.add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug", False)
     try:
-        config = TrainConfig(**vars(args))
+        config = TrainConfig(**args)
     except ValueError as e:
         parser.error(str(e))
-    ensure_ray()
-    try:
-        run(config)
-    except (DataError, RunConflictError, DetectorError) as e:
-        print(f"train failed: {e}", file=sys.stderr)
-        return 1
-    return 0
+    code, _ = cli.run_main("train", lambda: (ensure_ray(), run(config)), debug=debug)
+    return code
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
     """Train, then publish the best checkpoint, metrics.json and the curves at config.output."""
     start = time.monotonic()
-    data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed,
+                         allow_prefixes=config.allow_prefix or None)
     print(f"data: {data.layout} at {data.source}, counts {data.counts()}", flush=True)
     from jobs.train import datacheck  # here: `python -m jobs.train.datacheck` must not find it imported
 

@@ -17,7 +17,8 @@ from typing import Any
 from detector.decode import DEFAULT_MAX_PIXELS
 from detector.model import ARCHITECTURES, WEIGHT_CHOICES
 from detector.presets import PRESETS, Preset, get_preset
-from jobs import storage
+from jobs import cli, storage
+from jobs.storage.allowed import AllowedRoots
 
 NATIVE_CROP, NATIVE_EPOCHS, NATIVE_CROPS_PER_IMAGE = 96, 16, 4  # docs/QUALITY.md
 OPTIMIZERS = ("adam", "adamw")
@@ -65,8 +66,19 @@ class TrainConfig:
     max_failures: int = 0
     threshold_fpr: float = 0.05
     max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_prefix: tuple[str, ...] = ()  # where --data manifest entries may point; () = its bucket or folder
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allow_prefix", tuple(self.allow_prefix or ()))  # the flag gives a list or None
+        problems = cli.uri_problems(data=self.data, output=self.output, weights=self.weights)
+        problems += cli.finite_problems(lr=self.lr, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+                                        val_fraction=self.val_fraction, threshold_fpr=self.threshold_fpr)
+        try:
+            AllowedRoots(self.allow_prefix)
+        except ValueError as e:
+            problems.append(str(e))
+        if problems:  # before the recipe: an empty --data must not reach the checks below
+            raise ValueError("; ".join(problems))
         recipe = RECIPES.get(self.preset, {})
         for name, value in recipe.items():
             if getattr(self, name) is None:

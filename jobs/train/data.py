@@ -67,10 +67,13 @@ class LabelledData:
                 "counts": self.counts()}
 
 
-def list_labelled(uri: str, *, val_fraction: float = 0.2, seed: int = 0) -> LabelledData:
-    """The labelled images under ``uri`` (folder, prefix or manifest), split."""
+def list_labelled(uri: str, *, val_fraction: float = 0.2, seed: int = 0,
+                  allow_prefixes: tuple[str, ...] | None = None) -> LabelledData:
+    """The labelled images under ``uri`` (folder, prefix or manifest), split. A manifest's
+    entries must lie under ``allow_prefixes`` (default: its own bucket or folder;
+    jobs/storage/allowed.py); the others are left out with a warning."""
     if is_manifest(uri):
-        rows, layout = _read_manifest(uri), "manifest"
+        rows, layout = _read_manifest(uri, allow_prefixes), "manifest"
     else:
         rows, layout = _read_folders(uri)
     _check_unique(rows, uri)
@@ -144,10 +147,10 @@ def _relative_parts(obj: str, root: str) -> list[str]:
     return os.path.relpath(obj, root).split(os.sep)
 
 
-def _read_manifest(uri: str) -> list[tuple[str, int, str | None]]:
+def _read_manifest(uri: str, allow_prefixes: tuple[str, ...] | None = None) -> list[tuple[str, int, str | None]]:
     need = "a training manifest needs a column uri (or path, file) and a column label"
-    try:
-        reader = Manifest(uri)
+    try:  # duplicates stay, for _check_unique to refuse (a training set must not repeat an image)
+        reader = Manifest(uri, allow_prefixes=allow_prefixes, deduplicate=False)
         if reader.columns["label"] is None:
             raise ValueError("it has no column label")
         table = pa.concat_tables([*reader.tables(), MANIFEST_SCHEMA.empty_table()])
@@ -156,8 +159,7 @@ def _read_manifest(uri: str) -> list[tuple[str, int, str | None]]:
     except ValueError as e:
         raise DataError(f"--data {uri}: {need}: {e}") from None
     if reader.dropped:
-        shown = ", ".join(f"{n} ({why})" for why, n in reader.dropped.most_common())
-        print(f"warning: --data {uri}: rows left out: {shown}", flush=True)
+        print(f"warning: --data {uri}: {reader.dropped_text()} (allowed: {reader.allowed})", flush=True)
     labels = _column(table["label"].to_pylist(), CLASSES, "label", uri)
     splits = (_column(table["split"].to_pylist(), SPLITS, "split", uri) if reader.columns["split"]
               else [None] * table.num_rows)

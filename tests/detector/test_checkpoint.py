@@ -1,6 +1,7 @@
 """Checkpoint round trip, content hash, and refusal of anything that could run code."""
 
 import os
+import re
 import pickle
 
 import pytest
@@ -110,3 +111,37 @@ def test_missing_and_foreign_files_have_clear_errors(tmp_path):
         read_meta(junk)
     with pytest.raises(ValueError, match="none, imagenet or a local file"):
         build_model("resnet-from-the-moon")
+
+
+def _nan_weights(state):
+    state["fc.weight"][0, 0] = float("nan")
+
+
+def _inf_weights(state):
+    state["conv1.weight"].fill_(float("inf"))
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"weights": _nan_weights}, "NaN or infinity"),
+    ({"weights": _inf_weights}, "NaN or infinity"),
+    ({"threshold": float("nan")}, "threshold nan"),
+    ({"threshold": 2.0}, "threshold 2.0"),
+    ({"threshold": -1}, "threshold -1"),
+    ({"threshold": "0.5"}, "threshold '0.5'"),
+    ({"classes": ["real", "fake"]}, "classes"),
+    ({"classes": ["fake", "real", "other"]}, "classes"),
+    ({"preset": {"name": "baseline", "image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.0, 0.2, 0.2]}}, "std"),
+    ({"preset": {"name": "baseline", "image_size": 64, "mean": [float("nan"), 0.5, 0.5], "std": [0.2, 0.2, 0.2]}}, "mean"),
+    ({"preset": {"name": "baseline", "image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [float("inf"), 1, 1]}}, "std"),
+    ({"preset": "baseline"}, "preset"),
+])
+def test_a_checkpoint_that_would_score_nan_or_flag_wrongly_is_refused(model, tmp_path, change, words):
+    """NaN weights or std=0 gave every image a NaN score labelled "real"; a threshold of
+    NaN or 2 flagged nothing and -1 everything. Each is refused at load, naming the file."""
+    from tests.helpers import rewrite_checkpoint
+
+    save_checkpoint(tmp_path, model, preset=get_preset("baseline", image_size=64), threshold=0.5)
+    rewrite_checkpoint(tmp_path, **change)
+    with pytest.raises(CheckpointError, match=re.escape(words)) as e:
+        load_checkpoint(tmp_path)
+    assert str(tmp_path) in str(e.value)

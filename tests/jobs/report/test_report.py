@@ -409,3 +409,25 @@ def test_analyst_snippets_run(synthetic, s3_server, s3_env, tmp_path):
     assert namespace["every_folder"].count_rows() == len(df)
     assert namespace["per_scan"]["flagged"].sum() == df["flagged"].sum()
     assert len(namespace["recent_flagged"]) == ((df.scan_date >= "2026-05-01") & (df.score >= 0.9)).sum()
+
+
+BIDI_KEYS = ("s3://b/invoice\u202egpj.exe", "s3://b/zero\u200bwidth.jpg", "s3://b/line\u2028sep.jpg")
+
+
+def test_page_shows_bidi_and_zero_width_characters_escaped():
+    rows = [{"uri": u, "score": 0.9, "flagged": True, "model_version": "m", "scan_id": "s", "scan_date": "2026-05-01",
+             "error": "fetch: bad \u202ename", "thumb": None} for u in BIDI_KEYS]
+    page = render_page(rows, title="t")
+    assert "\\\\u202e" in page and "\\\\u200b" in page  # escaped text inside the JSON block
+    assert not any(c in page for c in "\u202e\u200b\u2028")
+
+
+@needs_chromium
+def test_page_renders_bidi_and_zero_width_characters_escaped_in_chromium(tmp_path):
+    rows = [{"uri": u, "score": 0.9, "flagged": True, "model_version": "m", "scan_id": "s", "scan_date": "2026-05-01",
+             "error": None, "thumb": None} for u in BIDI_KEYS]
+    page = tmp_path / "bidi.html"
+    page.write_text(render_page(rows, title="t"))
+    dom = Dom(chromium(tmp_path, page, "--dump-dom"))
+    assert sorted(dom.uris) == sorted(["s3://b/invoice\\u202egpj.exe", "s3://b/zero\\u200bwidth.jpg",
+                                       "s3://b/line\\u2028sep.jpg"])

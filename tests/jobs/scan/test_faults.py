@@ -163,8 +163,8 @@ def test_driver_killed_then_the_scan_id_rerun(data, tmp_path):
         driver = subprocess.Popen([sys.executable, "-m", "jobs.scan", *argv], cwd=REPO, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        staged = out / "_staging" / "killed" / "data"
-        wait_for(lambda: driver.poll() is not None or (staged.is_dir() and any(staged.glob("*.parquet"))), 180)
+        staging = out / "_staging" / "killed"  # each attempt stages in its own attempt-<hex>/data/
+        wait_for(lambda: driver.poll() is not None or any(staging.glob("attempt-*/data/*.parquet")), 180)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(30)
@@ -172,7 +172,7 @@ def test_driver_killed_then_the_scan_id_rerun(data, tmp_path):
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     # The killed attempt staged files and published nothing.
-    assert any(staged.glob("*.parquet"))
+    assert any(staging.glob("attempt-*/data/*.parquet"))
     assert not (out / "_scans" / "killed.json").exists()
     assert not list(out.glob("scan_date=*/scan_id=killed"))
     assert report_store.open_reports(str(out)).count_rows() == 0

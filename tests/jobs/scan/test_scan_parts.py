@@ -24,6 +24,7 @@ from jobs.scan.fetch import fetch_and_prepare
 from jobs.scan.incremental import ScoredIndex
 from jobs.scan.listing import LISTING_SCHEMA, list_input
 from jobs.scan.scorer import Scorer
+from jobs.storage.manifest import Manifest
 
 
 def jpeg(color=(200, 30, 30), size=(40, 30)) -> bytes:
@@ -54,7 +55,8 @@ def test_csv_manifest_resolves_relative_paths_and_stats_local_files(tmp_path):
     (tmp_path / "imgs" / "x.jpg").write_bytes(jpeg())
     (tmp_path / "list.csv").write_text(
         "file,label\nimgs/x.jpg,real\n/elsewhere/missing.png,fake\ns3://b/k/y.JPG,real\nimgs/doc.pdf,real\n")
-    t = listed(manifest=str(tmp_path / "list.csv"), chunk_rows=2)
+    # '*': this test lists entries outside the manifest's folder on purpose
+    t = listed(manifest=Manifest(str(tmp_path / "list.csv"), allow_prefixes=["*"]), chunk_rows=2)
     rows = {r["uri"]: r for r in t.to_pylist()}
     assert set(rows) == {str(tmp_path / "imgs" / "x.jpg"), "/elsewhere/missing.png", "s3://b/k/y.JPG"}
     assert rows[str(tmp_path / "imgs" / "x.jpg")]["etag"] and rows[str(tmp_path / "imgs" / "x.jpg")]["size_bytes"] > 0
@@ -72,7 +74,7 @@ def test_s3_inventory_parquet_manifest(tmp_path):
         "is_delete_marker": [False, False, False, False],
     })
     pq.write_table(inventory, tmp_path / "inventory.parquet")
-    t = listed(manifest=str(tmp_path / "inventory.parquet"))
+    t = listed(manifest=Manifest(str(tmp_path / "inventory.parquet"), allow_prefixes=["s3://uploads"]))
     assert t.to_pylist() == [
         {"uri": "s3://uploads/2026/a.jpg", "etag": "e1", "size_bytes": 10},
         {"uri": "s3://uploads/2026/b.png", "etag": "e2", "size_bytes": 20},

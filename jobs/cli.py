@@ -1,0 +1,120 @@
+"""What every job's ``main`` shares: one line per failure, an exit code per kind of failure,
+and the checks every job config makes on its flags.
+
+Exit codes (README.md "The jobs", docs/GUARANTEES.md):
+
+    0  done
+    1  failed: anything else (bad input data, a malformed manifest, an unexpected error)
+    2  bad flags (argparse, and each config's __post_init__)
+    3  bad model: the --model checkpoint is missing, malformed, unsafe or non-finite
+    4  storage unreachable or access denied: no or wrong credentials, S3 down, unreadable input
+    5  output not writable: read-only, full, or permission denied under --output (or --json ...)
+    6  the scan id is in use by another run that is still alive
+
+The traceback is printed only with ``--debug`` (every job has the flag).
+
+    python -m jobs.scan --input '' --model m --output o; echo $?   # 2: --input is empty
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from detector.errors import CheckpointError, DetectorError
+
+OK, FAILED, BAD_FLAGS, BAD_MODEL, STORAGE, OUTPUT, IN_USE = 0, 1, 2, 3, 4, 5, 6
+EXIT_CODES = {
+    OK: "done",
+    FAILED: "failed: anything else (bad input data, a malformed manifest, an unexpected error)",
+    BAD_FLAGS: "bad flags",
+    BAD_MODEL: "bad model (--model missing, malformed, unsafe or non-finite)",
+    STORAGE: "storage unreachable or access denied (credentials, S3 down, unreadable input)",
+    OUTPUT: "output not writable (read-only, full, permission denied)",
+    IN_USE: "the scan id is in use by another live run",
+}
+
+
+class OutputError(OSError):
+    """Writing under an output failed (read-only, full, denied); the message names it."""
+
+
+class InUseError(RuntimeError):
+    """Another live run holds what this run needs (a scan id); the message says which."""
+
+
+@contextlib.contextmanager
+def writing(output: str) -> Iterator[None]:
+    """Turn file-system failures while writing under ``output`` into OutputError, so a
+    full or read-only disk is exit 5 with one line; network failures stay what they are."""
+    try:
+        yield
+    except (OutputError, ConnectionError, FileNotFoundError):
+        raise
+    except OSError as e:
+        if _from_network(e):
+            raise
+        raise OutputError(f"cannot write under {output}: {e.strerror or e}") from e
+
+
+def exit_code(e: BaseException) -> int:
+    """The exit code of one failure (the table above)."""
+    if isinstance(e, CheckpointError):
+        return BAD_MODEL
+    if isinstance(e, InUseError):
+        return IN_USE
+    if isinstance(e, OutputError):
+        return OUTPUT
+    if isinstance(e, (ConnectionError, PermissionError, TimeoutError)) or _from_network(e):
+        return STORAGE
+    return FAILED
+
+
+def run_main(job: str, run: Callable[[], Any], *, debug: bool) -> tuple[int, Any]:
+    """``(0, run())``, or ``(code, None)`` after one ``<job> failed: ...`` line on stderr
+    (the traceback too with ``debug``). KeyboardInterrupt and SystemExit pass through."""
+    try:
+        return OK, run()
+    except Exception as e:  # noqa: BLE001 (every failure becomes one line and a code)
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (--debug prints the traceback)"
+        print(f"{job} failed: {_one_line(e)}{hint}", file=sys.stderr, flush=True)
+        return exit_code(e), None
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug``; absent from the parsed namespace unless given, so ``Config(**vars(args))``
+    keeps working (``main`` pops it: ``vars(args).pop("debug", False)``)."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of a failure")
+
+
+def uri_problems(**uris: str | None) -> list[str]:
+    """Problems with URI flags: an empty or blank value (an unset shell variable) would
+    mean the current folder. ``None`` is "not given" and is fine."""
+    return [f"--{name.replace('_', '-')} is empty; give a folder, file or s3:// URI"
+            for name, value in uris.items() if value is not None and not str(value).strip()]
+
+
+def finite_problems(**numbers: float | None) -> list[str]:
+    """Problems with numeric flags: inf and nan pass ``x > 0`` style checks the wrong way."""
+    return [f"--{name.replace('_', '-')} must be a finite number, got {value}"
+            for name, value in numbers.items() if value is not None and not math.isfinite(value)]
+
+
+def _from_network(e: BaseException) -> bool:
+    """botocore/urllib3 errors that storage did not translate (the class's module says)."""
+    return any(c.__module__.split(".")[0] in ("botocore", "urllib3") for c in type(e).__mro__)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message on one line; the type's name too when the type is not one the jobs
+    raise on purpose (a KeyError's message alone says little)."""
+    text = " ".join(str(e).split())
+    expected = isinstance(e, (OSError, ValueError, RuntimeError, DetectorError)) and not isinstance(e, UnicodeError)
+    return text if expected and text else f"{type(e).__name__}: {text}".rstrip(": ")
