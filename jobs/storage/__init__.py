@@ -98,19 +98,19 @@ def list_prefixes(uri: Uri) -> list[str]:
 
 
 def read_bytes(uri: Uri, *, max_bytes: int | None = None) -> bytes:
-    """The content of one object; ValueError, before reading it, when over ``max_bytes``."""
+    """The content of one object; ValueError when over ``max_bytes`` (decided from its
+    size before reading, and by reading at most max_bytes + 1 bytes). Locally only
+    regular files are read (a FIFO, a device, a folder: OSError, without blocking)."""
     if not is_s3(uri):
-        with open(_local.local_path(uri), "rb") as file:
-            _check_size(uri, os.fstat(file.fileno()).st_size, max_bytes)
-            return file.read()
+        return _local.read_file(_local.local_path(uri), max_bytes)
     bucket, key = split_s3_uri(str(uri))
 
     def get() -> bytes:
         answer = _s3.client().get_object(Bucket=bucket, Key=key)
         body = answer["Body"]  # its read() checks the length; `with body` would yield the raw stream
         try:
-            _check_size(uri, answer["ContentLength"], max_bytes)
-            return body.read()
+            _check_size(uri, answer.get("ContentLength", 0), max_bytes)
+            return _s3.read_body(body, max_bytes, str(uri))
         finally:
             body.close()  # closed unread, it drops one connection, no more
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -23,6 +24,44 @@ def local_path(uri: str | os.PathLike[str]) -> str:
     if "://" in path:
         raise ValueError(f"unsupported URI {path!r}: use s3://bucket/key or a local path")
     return os.path.abspath(path)
+
+
+def read_file(path: str, max_bytes: int | None = None) -> bytes:
+    """The content of the regular file ``path``: at most ``max_bytes`` bytes, else ValueError.
+
+    Anything else (a FIFO, a device such as /dev/zero, a socket, a folder), directly or
+    through a symlink, is refused with OSError before it is read: a FIFO would block the
+    reader forever and a device never ends. The file is opened with O_NONBLOCK and checked
+    again (fstat) in case it was swapped after the first look, and at most max_bytes + 1
+    bytes are read, so a file that grows, or reports a size it does not have (/proc), is
+    caught rather than read without end.
+    """
+    _require_regular(path, os.stat(path).st_mode)  # opens nothing: opening a device can act
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(path, flags), "rb") as file:
+        info = os.fstat(file.fileno())
+        _require_regular(path, info.st_mode)
+        if max_bytes is None:
+            return file.read()
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} is {info.st_size} bytes, more than max_bytes={max_bytes}; "
+                             "raise the limit or leave the file out")
+        data = file.read(max_bytes + 1)  # buffered: loops until that many bytes or the end
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} holds more than max_bytes={max_bytes} bytes (it grew while it was read, "
+                         f"or its size of {info.st_size} bytes was wrong); not read further")
+    return data
+
+
+def _require_regular(path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise OSError(f"{path} is {_kind(mode)}, not a regular file; only regular files are read")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def walk(folder: str, real_root: str | None = None, seen: set[str] | None = None) -> Iterator[str]:

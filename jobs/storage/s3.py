@@ -35,6 +35,7 @@ _DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoes
 _TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
                               "Throttling", "ThrottlingException", "RequestLimitExceeded",
                               "TooManyRequestsException", "PriorRequestNotComplete"})
+READ_CHUNK = 1024 * 1024  # bytes per read of an object body
 TRANSIENT_RETRY_S = 60.0  # how long one object's read or write keeps retrying an outage
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
@@ -161,6 +162,22 @@ def retried(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         reraise=True,
     )
     return retrying(function, *args, **kwargs)
+
+
+def read_body(body: Any, max_bytes: int | None, uri: str) -> bytes:
+    """A GetObject body, whole (its length checked by botocore), or ValueError once more
+    than ``max_bytes`` came: a body without a Content-Length, or longer than announced,
+    is never read without end."""
+    if max_bytes is None:
+        return body.read()
+    parts, total = [], 0
+    while chunk := body.read(min(READ_CHUNK, max_bytes + 1 - total)):
+        parts.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise ValueError(f"{uri} sent more than max_bytes={max_bytes} bytes (more than its "
+                             "Content-Length said); not read further")
+    return b"".join(parts)  # the empty read at the end made botocore check the length
 
 
 def is_missing(exc: ClientError) -> bool:
