@@ -24,12 +24,14 @@ from typing import Any
 
 from jobs.storage import local as _local
 from jobs.storage import s3 as _s3
+from jobs.storage import s3_errors as _s3_errors
+from jobs.storage.redaction import redact
 from jobs.storage.transfer import copy_prefix, delete_prefix, download_dir, replace_folder, upload_dir
 from jobs.storage.uri import Uri, is_s3, join, local_path_if_local, s3_folder, split_s3_uri
 
 __all__ = ["IMAGE_EXTENSIONS", "ObjectInfo", "Uri", "copy_prefix", "delete_object", "delete_prefix", "download_dir",
            "exists", "is_s3", "join", "list_objects", "list_prefixes", "local_path_if_local", "pyarrow_filesystem",
-           "read_bytes", "replace_folder", "s3_client", "s3_client_for", "split_s3_uri", "upload_dir", "write_bytes"]
+           "read_bytes", "redact", "replace_folder", "s3_client", "s3_client_for", "split_s3_uri", "upload_dir", "write_bytes"]
 
 #: The suffixes ``list_objects`` keeps by default, compared lower-cased: the still and
 #: animated formats that cameras, phones, the web and image generators produce and PIL
@@ -69,7 +71,7 @@ def list_objects(
                 yield ObjectInfo(uri=file, **_local.file_fields(file))
         return
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         head = _s3.head_object(bucket, key) if key and not key.endswith("/") else None
         if head is not None:
             yield ObjectInfo(uri=str(uri), **_s3.object_fields(head))
@@ -91,7 +93,7 @@ def list_prefixes(uri: Uri) -> list[str]:
         with os.scandir(path) as entries:
             return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
     bucket, prefix = s3_folder(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         pages = _s3.iter_pages(bucket, prefix, Delimiter="/")
         found = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", ())]
     return sorted(f"s3://{bucket}/{p.rstrip('/')}" for p in found)
@@ -114,7 +116,7 @@ def read_bytes(uri: Uri, *, max_bytes: int | None = None) -> bytes:
         finally:
             body.close()  # closed unread, it drops one connection, no more
 
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         return _s3.retried(get)
 
 
@@ -124,7 +126,7 @@ def write_bytes(uri: Uri, data: bytes) -> None:
         _local.write_atomic(_local.local_path(uri), data)
         return
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         _s3.retried(_s3.client().put_object, Bucket=bucket, Key=key, Body=data)
 
 
@@ -133,7 +135,7 @@ def exists(uri: Uri) -> bool:
     if not is_s3(uri):
         return os.path.exists(_local.local_path(uri))
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         if not key:
             return _s3.bucket_exists(bucket)
         if not key.endswith("/") and _s3.head_object(bucket, key) is not None:
@@ -149,7 +151,7 @@ def delete_object(uri: Uri) -> None:
             os.unlink(path)
         return
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         _s3.retried(_s3.client().delete_object, Bucket=bucket, Key=key)
 
 
