@@ -17,6 +17,7 @@ jobs/storage/models.py. Tests: ``pytest tests/jobs/storage``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,10 +27,11 @@ from jobs.storage import local as _local
 from jobs.storage import s3 as _s3
 from jobs.storage import s3_errors as _s3_errors
 from jobs.storage.redaction import redact
+from jobs.storage.skips import ListingSkipWarning, ListingStats
 from jobs.storage.transfer import copy_prefix, delete_prefix, download_dir, replace_folder, upload_dir
 from jobs.storage.uri import Uri, is_s3, join, local_path_if_local, s3_folder, split_s3_uri
 
-__all__ = ["IMAGE_EXTENSIONS", "ObjectInfo", "Uri", "copy_prefix", "delete_object", "delete_prefix", "download_dir",
+__all__ = ["IMAGE_EXTENSIONS", "ListingSkipWarning", "ListingStats", "ObjectInfo", "Uri", "copy_prefix", "delete_object", "delete_prefix", "download_dir",
            "exists", "is_s3", "join", "list_objects", "list_prefixes", "local_path_if_local", "pyarrow_filesystem",
            "read_bytes", "redact", "replace_folder", "s3_client", "s3_client_for", "split_s3_uri", "upload_dir", "write_bytes"]
 
@@ -44,7 +46,7 @@ s3_client_for = _s3.client_for  # storage.s3_client_for(AWS_* settings): a clien
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One listed object; ``etag`` changes with the content (locally: with mtime or size)."""
+    """One listed object; ``etag`` changes with the content (locally: with mtime, size or ctime)."""
 
     uri: str
     size: int
@@ -53,7 +55,7 @@ class ObjectInfo:
 
 
 def list_objects(
-    uri: Uri, *, extensions: frozenset[str] | None = IMAGE_EXTENSIONS
+    uri: Uri, *, extensions: frozenset[str] | None = IMAGE_EXTENSIONS, stats: ListingStats | None = None
 ) -> Iterator[ObjectInfo]:
     """Yield the objects under a folder or prefix whose suffix is in ``extensions``.
 
@@ -62,13 +64,15 @@ def list_objects(
     depth-first in name order, following symlinks only to places inside the folder.
     A URI naming one object or file yields it, whatever its suffix. A missing bucket
     or local folder raises FileNotFoundError.
+
+    Local entries that cannot be listed (with a wanted suffix: a link loop or a dangling
+    link, a link out of the folder, a FIFO or device, a name that is not UTF-8; and any
+    unreadable subfolder) are counted in ``stats``, or, without ``stats``, given in one
+    ListingSkipWarning at the end: never lost silently, never the end of the listing.
     """
     wanted = None if extensions is None else frozenset(_dotted(e) for e in extensions)
     if not is_s3(uri):
-        path = _local.local_path(uri)
-        for file in _local.files_under(path):
-            if file == path or _suffix_in(file, wanted):
-                yield ObjectInfo(uri=file, **_local.file_fields(file))
+        yield from _list_local(_local.local_path(uri), wanted, stats)
         return
     bucket, key = split_s3_uri(str(uri))
     with _s3_errors.errors_explained(str(uri), bucket):
@@ -79,6 +83,37 @@ def list_objects(
         for item in _s3.iter_objects(bucket, s3_folder(str(uri))[1]):
             if _suffix_in(item["Key"], wanted):
                 yield ObjectInfo(uri=f"s3://{bucket}/{item['Key']}", **_s3.object_fields(item))
+
+
+def _list_local(path: str, wanted: frozenset[str] | None, stats: ListingStats | None) -> Iterator[ObjectInfo]:
+    counted = stats if stats is not None else ListingStats()
+
+    def on_skip(name: str, reason: str, is_folder: bool) -> None:
+        if is_folder or _suffix_in(name, wanted):  # a .txt that cannot be read is no loss
+            counted.skip(reason, name)
+
+    for file in _local.files_under(path, on_skip):
+        if file != path and not _suffix_in(file, wanted):
+            continue
+        if not _is_utf8(file):  # Arrow and Parquet hold UTF-8 only; a lossy name could alias another file
+            on_skip(file, "name is not valid UTF-8", False)
+            continue
+        try:
+            fields = _local.file_fields(file)
+        except OSError as e:  # gone or swapped since it was listed
+            on_skip(file, f"not listable ({type(e).__name__}: {e.strerror or e})", False)
+            continue
+        yield ObjectInfo(uri=file, **fields)
+    if stats is None and counted.total:
+        warnings.warn(ListingSkipWarning(f"listing {path}: {counted.summary()}"), stacklevel=3)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # os.scandir gives undecodable bytes as lone surrogates
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def list_prefixes(uri: Uri) -> list[str]:
