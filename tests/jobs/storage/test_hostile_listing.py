@@ -7,6 +7,7 @@ its reason (``storage.ListingStats``), never the end of the listing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,12 +63,24 @@ def test_an_unreadable_subfolder_is_a_counted_skip(tmp_path: Path, monkeypatch: 
     assert stats.examples[next(iter(stats.skipped))] == [repr(str(tmp_path / "locked"))]
 
 
-def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path) -> None:
+@pytest.fixture
+def deep_tree(tmp_path: Path) -> Iterator[str]:
+    """1500 nested folders (3000 characters: under PATH_MAX), made and removed one level
+    at a time: os.makedirs and shutil.rmtree (pytest's clean-up too) recurse."""
     deep = str(tmp_path)
-    for _ in range(1500):  # 3000 characters: under PATH_MAX (os.makedirs would recurse too)
+    for _ in range(1500):
         deep = os.path.join(deep, "d")
         os.mkdir(deep)
-    Path(deep, "bottom.png").write_bytes(b"x")
+    yield deep
+    for name in os.listdir(deep):
+        os.unlink(os.path.join(deep, name))
+    while deep != str(tmp_path):
+        os.rmdir(deep)
+        deep = os.path.dirname(deep)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path, deep_tree: str) -> None:
+    Path(deep_tree, "bottom.png").write_bytes(b"x")
     (tmp_path / "top.png").write_bytes(b"x")
     stats = storage.ListingStats()
     assert [os.path.basename(p) for p in _listed(tmp_path, stats)] == ["bottom.png", "top.png"]
