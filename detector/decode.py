@@ -3,7 +3,11 @@
 Bytes come from buckets and are hostile until proven otherwise: the pixel count is
 checked from the header before any pixel is decoded (decompression bombs), EXIF
 orientation is applied (phones store portraits sideways), every PIL mode becomes 8-bit
-RGB (transparency composited on white), animations give their first frame.
+RGB (transparency composited on white), animations give their first frame. Only the
+formats the listing counts are parsed at all (``ALLOWED_FORMATS``): PIL would otherwise try
+its ~43 plugins, among them EPS, which hands the bytes to Ghostscript (an external
+program with a long record of sandbox escapes). Every opening of untrusted bytes in the
+project goes through ``open_image``.
 
     python -c "from detector.decode import decode_image; print(decode_image(open('x.jpg','rb').read()))"
 """
@@ -20,6 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detector.errors import ImageDecodeError
 
+#: The PIL formats that may be parsed: those of jobs.storage.IMAGE_EXTENSIONS, and MPO
+#: (the JPEG multi-picture files of phones, which PIL's JPEG opener returns as "MPO").
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_OPENERS = tuple(f for f in ALLOWED_FORMATS if f != "MPO")  # PIL has no MPO opener of its own
 # 100 megapixels: a 48 MP phone photo passes; a 50,000 x 50,000 "bomb" does not.
 DEFAULT_MAX_PIXELS = 100_000_000
 _WHITE = (255, 255, 255)
@@ -48,7 +56,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
             # PIL warns (DecompressionBombWarning) and errors at its own global limit;
             # our own bound below is the one that applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = open_image(data)
             fmt = img.format or "UNKNOWN"
             width, height = img.size
             if width <= 0 or height <= 0:
@@ -75,8 +83,6 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
                 size = (height, width) if turned else (width, height)
     except ImageDecodeError:
         raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format") from None
     except Image.DecompressionBombError as e:
         # PIL's own guard (2x Image.MAX_IMAGE_PIXELS) fired before ours could.
         raise ImageDecodeError(f"image is over the limit of pixels PIL accepts, a possible decompression bomb: {e}") from None
@@ -86,6 +92,19 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_siz
         # "broken data stream", "cannot identify", struct.error, ...).
         raise ImageDecodeError(f"corrupt or unsupported image data: {type(e).__name__}: {e}") from None
     return DecodedImage(image=rgb, format=fmt, width=size[0], height=size[1])
+
+
+def open_image(data: bytes) -> Image.Image:
+    """``Image.open`` of ``data`` (lazy: the header is read, no pixels), restricted to
+    ``ALLOWED_FORMATS``; ImageDecodeError for anything else (EPS, PDF, PSD, ICO, ...)."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=_OPENERS)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not a recognised image format (only {', '.join(ALLOWED_FORMATS)} are decoded)") from None
+    if img.format not in ALLOWED_FORMATS:  # a plugin's factory could hand back another class
+        img.close()
+        raise ImageDecodeError(f"{img.format} images are not decoded (only {', '.join(ALLOWED_FORMATS)})")
+    return img
 
 
 def _apply_orientation(img: Image.Image) -> Image.Image:

@@ -106,3 +106,40 @@ def make_corpus(folder: Path, *, include_big_photo: bool = True) -> dict[str, st
     (folder / "notes.txt").write_text("not an image")
     (folder / "ok" / "README").write_text("no extension")
     return {rel: expected for rel, (_, expected) in files.items()}
+
+
+def foreign_formats() -> dict[str, bytes]:
+    """``{format: bytes}`` of formats PIL reads but the scan must never parse, each to be
+    stored under an image name (the listing goes by names; uploaders choose them): EPS
+    (PIL hands it to Ghostscript), PDF, PSD, ICO, and every other PIL format that can be
+    written here."""
+    base = _rgb(16, 16)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n"
+           b"%%EndComments\n0 0 moveto 16 16 lineto stroke showpage\n%%EOF\n")
+    # The DOS EPS binary header: magic, PostScript offset/length, no WMF/TIFF preview.
+    eps_binary = b"\xc5\xd0\xd3\xc6" + struct.pack("<IIIIIIH", 30, len(eps), 0, 0, 0, 0, 0xFFFF) + eps
+    # A 16x16 RGB Photoshop file: header, empty colour mode/resources/layers, raw data.
+    psd = (b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 16, 16, 8, 3) + struct.pack(">III", 0, 0, 0)
+           + struct.pack(">H", 0) + bytes(3 * 16 * 16))
+    out = {"EPS": eps, "EPS-binary": eps_binary, "PSD": psd,
+           "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16"/>'}
+    for fmt in ("PDF", "ICO", "PCX", "PPM", "TGA", "SGI", "IM", "DDS", "QOI", "BLP", "ICNS",
+                "SPIDER", "MSP", "XBM", "JPEG2000", "DIB", "EPS-written"):
+        image = base.convert("1") if fmt in ("MSP", "XBM") else base.convert("F") if fmt == "SPIDER" else base
+        try:
+            out[fmt] = _bytes(image, fmt.removesuffix("-written"))
+        except (KeyError, OSError, ValueError):  # a codec this PIL lacks: nothing to test
+            continue
+    return out
+
+
+def stand_in_program(bin_dir: Path, name: str, log: Path) -> Path:
+    """An executable ``bin_dir/name`` that appends its arguments to ``log``, answers
+    ``--version`` (as PIL asks Ghostscript first) and fails otherwise: put ``bin_dir``
+    first on PATH to prove that ``name`` (e.g. Ghostscript's ``gs``) is never run."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    program = bin_dir / name
+    program.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n'
+                       '[ "$1" = --version ] && { echo 10.02.1; exit 0; }\nexit 1\n')
+    program.chmod(0o755)
+    return program

@@ -30,6 +30,7 @@ from typing import Any
 
 from PIL import Image
 
+from detector.decode import open_image
 from jobs.report.summary import printable
 
 PAGE_SIZE = 100
@@ -53,8 +54,8 @@ def page_thumbnail(data: bytes | None, *, size: int = THUMBNAIL_SIZE) -> str | N
     ``data`` is missing or does not decode as an image."""
     if not data:
         return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
+    try:  # open_image: only the allowed formats are parsed (no EPS/Ghostscript, ...)
+        with open_image(data) as im:
             im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
             im = im.convert("RGB")
             im.thumbnail((size, size), Image.Resampling.BILINEAR)

@@ -31,20 +31,24 @@ LISTING_SCHEMA = pa.schema([
 CHUNK_ROWS = 10_000
 
 
-
 def list_input(
     *,
     input: str | None = None,
     manifest: str | None = None,
     extensions: frozenset[str] = storage.IMAGE_EXTENSIONS,
     chunk_rows: int = CHUNK_ROWS,
+    stats: storage.ListingStats | None = None,
 ) -> Iterator[pa.Table]:
     """Tables of ``LISTING_SCHEMA``, at most ``chunk_rows`` rows each, for ``input`` (a
-    folder or ``s3://`` prefix) or ``manifest``. Exactly one of the two must be given."""
+    folder or ``s3://`` prefix) or ``manifest``. Exactly one of the two must be given.
+
+    Entries of a folder that cannot be listed (unreadable subfolders, link loops, special
+    files, names that are not UTF-8) are counted in ``stats`` (reason -> entries), or
+    without one reported in a ``storage.ListingSkipWarning`` when the listing ends."""
     if (input is None) == (manifest is None):
         raise ValueError("give exactly one of input (a folder or s3:// prefix) and manifest")
     if input is not None:
-        yield from _chunks(storage.list_objects(input, extensions=extensions), chunk_rows)
+        yield from _chunks(storage.list_objects(input, extensions=extensions, stats=stats), chunk_rows)
     else:
         yield from _manifest_chunks(manifest, extensions, chunk_rows)
 
@@ -92,7 +96,8 @@ def _local_fields(table: pa.Table) -> pa.Table:
     uris, etags, sizes = table["uri"].to_pylist(), table["etag"].to_pylist(), table["size_bytes"].to_pylist()
     for i in pc.indices_nonzero(missing.combine_chunks()).to_pylist():
         try:
-            info = next(storage.list_objects(uris[i], extensions=None))
+            # a file lists itself and nothing is skipped; a folder (no etag then) is not walked on
+            info = next(storage.list_objects(uris[i], extensions=None, stats=storage.ListingStats()))
         except (OSError, StopIteration):
             continue
         if info.uri != storage.local_path_if_local(uris[i]):  # a folder, not a file

@@ -17,6 +17,7 @@ jobs/storage/models.py. Tests: ``pytest tests/jobs/storage``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,12 +25,15 @@ from typing import Any
 
 from jobs.storage import local as _local
 from jobs.storage import s3 as _s3
+from jobs.storage import s3_errors as _s3_errors
+from jobs.storage.redaction import redact
+from jobs.storage.skips import ListingSkipWarning, ListingStats
 from jobs.storage.transfer import copy_prefix, delete_prefix, download_dir, replace_folder, upload_dir
 from jobs.storage.uri import Uri, is_s3, join, local_path_if_local, s3_folder, split_s3_uri
 
-__all__ = ["IMAGE_EXTENSIONS", "ObjectInfo", "Uri", "copy_prefix", "delete_object", "delete_prefix", "download_dir",
+__all__ = ["IMAGE_EXTENSIONS", "ListingSkipWarning", "ListingStats", "ObjectInfo", "Uri", "copy_prefix", "delete_object", "delete_prefix", "download_dir",
            "exists", "is_s3", "join", "list_objects", "list_prefixes", "local_path_if_local", "pyarrow_filesystem",
-           "read_bytes", "replace_folder", "s3_client", "s3_client_for", "split_s3_uri", "upload_dir", "write_bytes"]
+           "read_bytes", "redact", "replace_folder", "s3_client", "s3_client_for", "split_s3_uri", "upload_dir", "write_bytes"]
 
 #: The suffixes ``list_objects`` keeps by default, compared lower-cased: the still and
 #: animated formats that cameras, phones, the web and image generators produce and PIL
@@ -42,7 +46,7 @@ s3_client_for = _s3.client_for  # storage.s3_client_for(AWS_* settings): a clien
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One listed object; ``etag`` changes with the content (locally: with mtime or size)."""
+    """One listed object; ``etag`` changes with the content (locally: with mtime, size or ctime)."""
 
     uri: str
     size: int
@@ -51,7 +55,7 @@ class ObjectInfo:
 
 
 def list_objects(
-    uri: Uri, *, extensions: frozenset[str] | None = IMAGE_EXTENSIONS
+    uri: Uri, *, extensions: frozenset[str] | None = IMAGE_EXTENSIONS, stats: ListingStats | None = None
 ) -> Iterator[ObjectInfo]:
     """Yield the objects under a folder or prefix whose suffix is in ``extensions``.
 
@@ -60,16 +64,18 @@ def list_objects(
     depth-first in name order, following symlinks only to places inside the folder.
     A URI naming one object or file yields it, whatever its suffix. A missing bucket
     or local folder raises FileNotFoundError.
+
+    Local entries that cannot be listed (with a wanted suffix: a link loop or a dangling
+    link, a link out of the folder, a FIFO or device, a name that is not UTF-8; and any
+    unreadable subfolder) are counted in ``stats``, or, without ``stats``, given in one
+    ListingSkipWarning at the end: never lost silently, never the end of the listing.
     """
     wanted = None if extensions is None else frozenset(_dotted(e) for e in extensions)
     if not is_s3(uri):
-        path = _local.local_path(uri)
-        for file in _local.files_under(path):
-            if file == path or _suffix_in(file, wanted):
-                yield ObjectInfo(uri=file, **_local.file_fields(file))
+        yield from _list_local(_local.local_path(uri), wanted, stats)
         return
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         head = _s3.head_object(bucket, key) if key and not key.endswith("/") else None
         if head is not None:
             yield ObjectInfo(uri=str(uri), **_s3.object_fields(head))
@@ -77,6 +83,37 @@ def list_objects(
         for item in _s3.iter_objects(bucket, s3_folder(str(uri))[1]):
             if _suffix_in(item["Key"], wanted):
                 yield ObjectInfo(uri=f"s3://{bucket}/{item['Key']}", **_s3.object_fields(item))
+
+
+def _list_local(path: str, wanted: frozenset[str] | None, stats: ListingStats | None) -> Iterator[ObjectInfo]:
+    counted = stats if stats is not None else ListingStats()
+
+    def on_skip(name: str, reason: str, is_folder: bool) -> None:
+        if is_folder or _suffix_in(name, wanted):  # a .txt that cannot be read is no loss
+            counted.skip(reason, name)
+
+    for file in _local.files_under(path, on_skip):
+        if file != path and not _suffix_in(file, wanted):
+            continue
+        if not _is_utf8(file):  # Arrow and Parquet hold UTF-8 only; a lossy name could alias another file
+            on_skip(file, "name is not valid UTF-8", False)
+            continue
+        try:
+            fields = _local.file_fields(file)
+        except OSError as e:  # gone or swapped since it was listed
+            on_skip(file, f"not listable ({type(e).__name__}: {e.strerror or e})", False)
+            continue
+        yield ObjectInfo(uri=file, **fields)
+    if stats is None and counted.total:
+        warnings.warn(ListingSkipWarning(f"listing {path}: {counted.summary()}"), stacklevel=3)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # os.scandir gives undecodable bytes as lone surrogates
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def list_prefixes(uri: Uri) -> list[str]:
@@ -91,30 +128,30 @@ def list_prefixes(uri: Uri) -> list[str]:
         with os.scandir(path) as entries:
             return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
     bucket, prefix = s3_folder(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         pages = _s3.iter_pages(bucket, prefix, Delimiter="/")
         found = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", ())]
     return sorted(f"s3://{bucket}/{p.rstrip('/')}" for p in found)
 
 
 def read_bytes(uri: Uri, *, max_bytes: int | None = None) -> bytes:
-    """The content of one object; ValueError, before reading it, when over ``max_bytes``."""
+    """The content of one object; ValueError when over ``max_bytes`` (decided from its
+    size before reading, and by reading at most max_bytes + 1 bytes). Locally only
+    regular files are read (a FIFO, a device, a folder: OSError, without blocking)."""
     if not is_s3(uri):
-        with open(_local.local_path(uri), "rb") as file:
-            _check_size(uri, os.fstat(file.fileno()).st_size, max_bytes)
-            return file.read()
+        return _local.read_file(_local.local_path(uri), max_bytes)
     bucket, key = split_s3_uri(str(uri))
 
     def get() -> bytes:
         answer = _s3.client().get_object(Bucket=bucket, Key=key)
         body = answer["Body"]  # its read() checks the length; `with body` would yield the raw stream
         try:
-            _check_size(uri, answer["ContentLength"], max_bytes)
-            return body.read()
+            _check_size(uri, answer.get("ContentLength", 0), max_bytes)
+            return _s3.read_body(body, max_bytes, str(uri))
         finally:
             body.close()  # closed unread, it drops one connection, no more
 
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         return _s3.retried(get)
 
 
@@ -124,7 +161,7 @@ def write_bytes(uri: Uri, data: bytes) -> None:
         _local.write_atomic(_local.local_path(uri), data)
         return
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         _s3.retried(_s3.client().put_object, Bucket=bucket, Key=key, Body=data)
 
 
@@ -133,7 +170,7 @@ def exists(uri: Uri) -> bool:
     if not is_s3(uri):
         return os.path.exists(_local.local_path(uri))
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         if not key:
             return _s3.bucket_exists(bucket)
         if not key.endswith("/") and _s3.head_object(bucket, key) is not None:
@@ -149,7 +186,7 @@ def delete_object(uri: Uri) -> None:
             os.unlink(path)
         return
     bucket, key = split_s3_uri(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         _s3.retried(_s3.client().delete_object, Bucket=bucket, Key=key)
 
 

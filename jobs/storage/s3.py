@@ -3,7 +3,8 @@
 Import jobs.storage, not this module: it takes parsed ``(bucket, key)`` pairs, while
 jobs.storage takes URIs and also serves local paths. Configuration comes from the
 standard AWS variables only (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...);
-credentials never appear in a message or in the client cache's keys.
+credentials never appear in a message or in the client cache's keys. Callers wrap S3
+calls in ``jobs.storage.s3_errors.errors_explained``, which redacts every error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -22,7 +22,7 @@ import boto3
 import botocore.exceptions as botocore_errors
 import tenacity
 from botocore.config import Config
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import ClientError
 
 PAGE_SIZE = 1000  # ListObjectsV2 and DeleteObjects both stop at 1000 keys
 COPY_OBJECT_LIMIT = 5 * 1024**3  # CopyObject's limit; larger objects copy in parts
@@ -35,6 +35,7 @@ _DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoes
 _TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
                               "Throttling", "ThrottlingException", "RequestLimitExceeded",
                               "TooManyRequestsException", "PriorRequestNotComplete"})
+READ_CHUNK = 1024 * 1024  # bytes per read of an object body
 TRANSIENT_RETRY_S = 60.0  # how long one object's read or write keeps retrying an outage
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
@@ -93,44 +94,6 @@ def client_for(settings: dict[str, str], **config: Any) -> Any:
     return _new_client(settings, **config)
 
 
-def shown_endpoint() -> str:
-    """The endpoint for messages, without any user:password@ part."""
-    url = urlsplit(client().meta.endpoint_url)
-    return f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "")
-
-
-@contextmanager
-def errors_explained(uri: str, bucket: str) -> Iterator[None]:
-    """Turn botocore errors into FileNotFoundError / PermissionError / ConnectionError."""
-    try:
-        yield
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code == "NoSuchBucket":
-            raise FileNotFoundError(
-                f"bucket {bucket} does not exist or is not reachable at {shown_endpoint()}; "
-                "check the bucket name and AWS_ENDPOINT_URL"
-            ) from exc
-        if code in _MISSING:
-            raise FileNotFoundError(f"{uri} does not exist") from exc
-        if code in _DENIED:
-            raise PermissionError(
-                f"access to {uri} was denied at {shown_endpoint()} ({code}); check "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the role) and the bucket policy"
-            ) from exc
-        raise
-    except EndpointConnectionError as exc:
-        raise ConnectionError(
-            f"cannot reach S3 at {shown_endpoint()} for {uri}; check AWS_ENDPOINT_URL "
-            "and that the server is running"
-        ) from exc
-    except NoCredentialsError as exc:
-        raise PermissionError(
-            f"no AWS credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(or AWS_PROFILE, or run with an instance/pod role)"
-        ) from exc
-
-
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says the server or the network failed for now: refused or dropped
     connections, timeouts, a body cut short, 5xx and throttling answers."""
@@ -161,6 +124,22 @@ def retried(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         reraise=True,
     )
     return retrying(function, *args, **kwargs)
+
+
+def read_body(body: Any, max_bytes: int | None, uri: str) -> bytes:
+    """A GetObject body, whole (its length checked by botocore), or ValueError once more
+    than ``max_bytes`` came: a body without a Content-Length, or longer than announced,
+    is never read without end."""
+    if max_bytes is None:
+        return body.read()
+    parts, total = [], 0
+    while chunk := body.read(min(READ_CHUNK, max_bytes + 1 - total)):
+        parts.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise ValueError(f"{uri} sent more than max_bytes={max_bytes} bytes (more than its "
+                             "Content-Length said); not read further")
+    return b"".join(parts)  # the empty read at the end made botocore check the length
 
 
 def is_missing(exc: ClientError) -> bool:

@@ -8,6 +8,7 @@ import os
 
 from jobs.storage import local as _local
 from jobs.storage import s3 as _s3
+from jobs.storage import s3_errors as _s3_errors
 from jobs.storage.uri import Uri, is_s3, s3_folder
 
 
@@ -21,7 +22,7 @@ def delete_prefix(uri: Uri) -> int:
     bucket, prefix = s3_folder(str(uri))
     if not prefix:
         raise ValueError(f"refusing to delete the whole bucket {uri}; name a prefix")
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         return _s3.delete_prefix(bucket, prefix)
 
 
@@ -45,7 +46,7 @@ def upload_dir(local_dir: Uri, uri: Uri) -> int:
     if not is_s3(uri):
         return _local.copy_files(files, _local.local_path(uri))
     bucket, prefix = s3_folder(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         _s3.in_parallel(lambda f: _s3.client().upload_file(f[0], bucket, prefix + f[1]), files)
     return len(files)
 
@@ -60,7 +61,7 @@ def download_dir(uri: Uri, local_dir: Uri) -> int:
     if not is_s3(uri):
         return _local.copy_files(_local.tree(_local.local_path(uri)), root)
     bucket, prefix = s3_folder(str(uri))
-    with _s3.errors_explained(str(uri), bucket):
+    with _s3_errors.errors_explained(str(uri), bucket):
         keys = [item["Key"] for item in _s3.iter_objects(bucket, prefix)]
         if not keys:
             raise FileNotFoundError(f"there are no objects under {uri}")
@@ -90,7 +91,7 @@ def copy_prefix(src_uri: Uri, dst_uri: Uri) -> int:
     src_bucket, src_prefix = s3_folder(str(src_uri))
     dst_bucket, dst_prefix = s3_folder(str(dst_uri))
     buckets = src_bucket if src_bucket == dst_bucket else f"{src_bucket} or {dst_bucket}"
-    with _s3.errors_explained(f"{src_uri} -> {dst_uri}", buckets):
+    with _s3_errors.errors_explained(f"{src_uri} -> {dst_uri}", buckets):
         items = list(_s3.iter_objects(src_bucket, src_prefix))
         _s3.in_parallel(
             lambda item: _s3.copy_object(

@@ -1,16 +1,21 @@
 """A decode corpus: every mode, orientation and breakage gives RGB or ImageDecodeError."""
 
 import io
+import os
 import struct
+import subprocess
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from detector.decode import decode_image
+from detector.decode import ALLOWED_FORMATS, decode_image, open_image
 from detector.errors import ImageDecodeError
+from tests.corpus import foreign_formats, stand_in_program
 from tests.helpers import encode, make_image
+
+FOREIGN = foreign_formats()
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -129,3 +134,40 @@ def test_draft_is_not_used_for_small_jpegs_or_other_formats():
     assert decode_image(small, draft_size=200).image.size == (300, 300)
     png = encode(make_image(1000, 800), "PNG")
     assert decode_image(png, draft_size=200).image.size == (1000, 800)
+
+
+@pytest.fixture
+def ghostscript_log(tmp_path, monkeypatch):
+    """A stand-in ``gs`` first on PATH that logs each run; PIL's cached lookup reset."""
+    from PIL import EpsImagePlugin
+
+    log = tmp_path / "gs.log"
+    stand_in_program(tmp_path / "bin", "gs", log)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None, raising=False)
+    monkeypatch.setattr(EpsImagePlugin, "gs_windows_binary", None, raising=False)
+    return log
+
+
+@pytest.mark.parametrize("fmt", sorted(FOREIGN))
+def test_formats_outside_the_allow_list_are_refused_and_ghostscript_never_runs(fmt, ghostscript_log):
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
+        decode_image(FOREIGN[fmt])
+    with pytest.raises(ImageDecodeError):
+        open_image(FOREIGN[fmt])
+    assert not ghostscript_log.exists(), ghostscript_log.read_text()
+
+
+def test_the_eps_probe_would_see_ghostscript_run(ghostscript_log):
+    """The stand-in works: PIL unrestricted does run it on the same EPS bytes."""
+    with pytest.raises(subprocess.CalledProcessError):  # the stand-in fails the conversion
+        Image.open(io.BytesIO(FOREIGN["EPS"])).load()
+    assert "gs " in ghostscript_log.read_text()
+
+
+def test_every_allowed_format_and_mpo_still_decode():
+    base = make_image(40, 30)
+    mpo = io.BytesIO()
+    base.save(mpo, format="MPO", save_all=True, append_images=[make_image(40, 30, seed=1)])
+    data = {"MPO": mpo.getvalue(), **{f: encode(base, f) for f in ALLOWED_FORMATS if f != "MPO"}}
+    assert {f: decode_image(b).format for f, b in data.items()} == {f: f for f in data}

@@ -77,7 +77,7 @@ def test_local_object_info(tmp_path: Path) -> None:
     [info] = storage.list_objects(tmp_path)
     assert info.uri == str(tmp_path / "x.png") and os.path.isabs(info.uri)
     assert info.size == 5
-    assert info.etag == f"{1_700_000_000_123_456_789:x}-5"
+    assert info.etag == f"{1_700_000_000_123_456_789:x}-5-{os.stat(info.uri).st_ctime_ns:x}"
     assert info.last_modified.tzinfo == timezone.utc
     assert info.last_modified.timestamp() == pytest.approx(1_700_000_000.123456789)
 
@@ -100,7 +100,9 @@ def test_symlinks_out_of_the_root_and_loops_are_not_followed(tmp_path: Path) -> 
     (root / "out.jpg").symlink_to(outside / "secret.jpg")
     (root / "real" / "loop").symlink_to(root)
     (root / "inside.jpg").symlink_to(root / "real" / "a.jpg")
-    assert _names(root, storage.list_objects(root)) == ["inside.jpg", "real/a.jpg"]
+    stats = storage.ListingStats()
+    assert _names(root, storage.list_objects(root, stats=stats)) == ["inside.jpg", "real/a.jpg"]
+    assert stats.skipped == {"symlink leads outside the folder": 1}  # out.jpg, counted
 
 
 # --- local read, write, delete, copy --------------------------------------------------
