@@ -36,15 +36,14 @@ from detector.decode import DEFAULT_MAX_PIXELS, decode_image
 from detector.errors import ImageDecodeError
 from detector.inference import Detector, score_images
 from detector.model import FAKE
-from detector.presets import reencode_jpeg
 from jobs import cli, storage
 from jobs.metrics import binary_metrics
+from jobs.robustness import ROBUSTNESS, TRANSFORMS
 from jobs.storage.allowed import AllowedRoots
 from jobs.storage.models import load_model
 from jobs.train.card import CARD_FILE, read_card
 from jobs.train.data import DataError, Sample, list_labelled
 
-ROBUSTNESS = ("jpeg90", "jpeg75", "jpeg50", "downscale0.5", "crop")
 SPLITS = ("all", "train", "validation")
 
 
@@ -141,7 +140,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     result["by_subfolder"] = clean["by_subfolder"]
     result["robustness"] = {}
     for name in config.robustness:
-        r = _evaluate(detector, images, _TRANSFORMS[name], config)["metrics"]
+        r = _evaluate(detector, images, TRANSFORMS[name], config)["metrics"]
         r["auc_change"] = _diff(r.get("auc"), result.get("auc"))
         r["accuracy_change"] = _diff(r.get("accuracy"), result.get("accuracy"))
         result["robustness"][name] = r
@@ -245,34 +244,6 @@ def _subfolder(uri: str, root: str) -> str:
     base = posixpath.dirname(root) if root.lower().endswith((".csv", ".parquet", ".pq")) else root
     rel = uri[len(base):] if uri.startswith(base) else uri
     return posixpath.dirname(rel.strip("/")) or "."
-
-
-def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
-    return lambda im: reencode_jpeg(im, quality)
-
-
-def _downscale(factor: float) -> Callable[[Image.Image], Image.Image]:
-    def f(im: Image.Image) -> Image.Image:
-        size = (max(1, round(im.width * factor)), max(1, round(im.height * factor)))
-        return im.resize(size, Image.Resampling.BICUBIC)
-    return f
-
-
-def _center_crop(fraction: float) -> Callable[[Image.Image], Image.Image]:
-    def f(im: Image.Image) -> Image.Image:
-        w, h = max(1, round(im.width * fraction)), max(1, round(im.height * fraction))
-        left, top = (im.width - w) // 2, (im.height - h) // 2
-        return im.crop((left, top, left + w, top + h))
-    return f
-
-
-_TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "jpeg90": _jpeg(90),
-    "jpeg75": _jpeg(75),
-    "jpeg50": _jpeg(50),
-    "downscale0.5": _downscale(0.5),
-    "crop": _center_crop(0.75),  # keep the central 75% of each side
-}
 
 
 def _diff(a: float | None, b: float | None) -> float | None:

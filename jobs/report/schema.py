@@ -27,7 +27,7 @@ PARTITION_SCHEMA = pa.schema([
 
 FILE_SCHEMA = pa.schema([
     pa.field("uri", pa.string()),  # s3://bucket/key or absolute local path
-    pa.field("etag", pa.string()),  # S3 ETag; locally mtime_ns-size (hex); null if the manifest had none
+    pa.field("etag", pa.string()),  # S3 ETag; locally mtime_ns-size-ctime_ns (hex); null if the manifest had none
     pa.field("size_bytes", pa.int64()),  # as listed, else as fetched
     pa.field("width", pa.int32()),  # decoded, after EXIF orientation; null on error
     pa.field("height", pa.int32()),

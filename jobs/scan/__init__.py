@@ -84,10 +84,10 @@ class ScanSummary:
     marker: str  # its _scans/<id>.json
     files: tuple[str, ...]
     executor: str = "ray"  # where it was scored: "ray" (Ray Data) or "local" (this process)
-    dropped: tuple[tuple[str, int], ...] = ()  # manifest rows left out: (reason, rows)
+    dropped: tuple[tuple[str, int], ...] = ()  # manifest rows and folder entries left out: (reason, count)
 
     def line(self) -> str:
-        dropped = f", dropped {sum(n for _, n in self.dropped)} manifest rows" if self.dropped else ""
+        dropped = f", dropped {sum(n for _, n in self.dropped)} manifest rows or entries" if self.dropped else ""
         return (
             f"scan {self.scan_id}: listed {self.listed}{dropped}, skipped {self.skipped}, scored {self.scored}, "
             f"flagged {self.flagged}, errors {self.errors} in {self.seconds:.1f} s "
@@ -224,12 +224,12 @@ def _list(config: ScanConfig, scan_id: str, model_version: str) -> tuple[list[pa
         index = ScoredIndex.from_reports(config.output, model_version, exclude_scan_ids={scan_id})
         print(f"incremental: {len(index)} objects already scored by {model_version}", flush=True)
     _check_input_kind(config.input)
-    # Manifest(m) is m: list_input reads this reader, with its allowed prefixes
     manifest = None if config.manifest is None else Manifest(config.manifest, allow_prefixes=config.allow_prefix or None)
     progress = Progress(f"listing {config.input or config.manifest}")
     blocks: list[pa.Table] = []
     listed = skipped = 0
-    for chunk in list_input(input=config.input, manifest=manifest):
+    stats = storage.ListingStats()
+    for chunk in list_input(input=config.input, manifest=manifest, stats=stats):
         n = chunk.num_rows
         listed += n
         if index is not None:
@@ -242,7 +242,11 @@ def _list(config: ScanConfig, scan_id: str, model_version: str) -> tuple[list[pa
     progress.print(listed=listed, skipped=skipped)
     if manifest is not None and manifest.dropped:
         print(f"warning: {manifest.dropped_text()} (allowed: {manifest.allowed})", file=sys.stderr, flush=True)
-    return blocks, listed, skipped, manifest.dropped if manifest is not None else Counter()
+    if stats.skipped:
+        print(f"warning: {stats.summary()}", file=sys.stderr, flush=True)
+    dropped = Counter(manifest.dropped if manifest is not None else {})
+    dropped.update({f"listing: {why}": n for why, n in stats.skipped.items()})
+    return blocks, listed, skipped, dropped
 
 
 def _check_input_kind(input: str | None) -> None:

@@ -34,13 +34,14 @@ CHUNK_ROWS = 10_000
 def list_input(
     *,
     input: str | None = None,
-    manifest: str | None = None,
+    manifest: str | Manifest | None = None,
     extensions: frozenset[str] = storage.IMAGE_EXTENSIONS,
     chunk_rows: int = CHUNK_ROWS,
     stats: storage.ListingStats | None = None,
 ) -> Iterator[pa.Table]:
     """Tables of ``LISTING_SCHEMA``, at most ``chunk_rows`` rows each, for ``input`` (a
-    folder or ``s3://`` prefix) or ``manifest``. Exactly one of the two must be given.
+    folder or ``s3://`` prefix) or ``manifest`` (a URI, or a Manifest opened with its own
+    options, e.g. allowed prefixes). Exactly one of the two must be given.
 
     Entries of a folder that cannot be listed (unreadable subfolders, link loops, special
     files, names that are not UTF-8) are counted in ``stats`` (reason -> entries), or
@@ -68,8 +69,8 @@ def _chunks(objects: Iterator[storage.ObjectInfo], chunk_rows: int) -> Iterator[
         yield pa.table([uris, etags, sizes], schema=LISTING_SCHEMA)
 
 
-def _manifest_chunks(manifest: str, extensions: frozenset[str], chunk_rows: int) -> Iterator[pa.Table]:
-    reader = Manifest(manifest)
+def _manifest_chunks(manifest: str | Manifest, extensions: frozenset[str], chunk_rows: int) -> Iterator[pa.Table]:
+    reader = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
     pending: list[pa.Table] = []
     for table in reader.tables():
         table = table.select(LISTING_SCHEMA.names)

@@ -75,14 +75,9 @@ class Manifest:
     ``allow_prefixes`` can be handed to code that opens manifests by URI.
     """
 
-    def __new__(cls, uri: Any, **kwargs: Any) -> Manifest:
-        return uri if isinstance(uri, Manifest) else super().__new__(cls)
-
     def __init__(self, uri: Any, *, allow_prefixes: Sequence[str] | None = None, deduplicate: bool = True):
         import pyarrow.dataset as ds
 
-        if isinstance(uri, Manifest):
-            return
         self.uri = uri
         self.dropped: Counter[str] = Counter()
         self.examples: dict[str, str] = {}  # reason -> the first entry dropped for it
@@ -131,15 +126,21 @@ class Manifest:
         n = batch.num_rows
         if self._bucket_key:
             pairs = zip(batch.column(self._bucket_key[0]).to_pylist(), batch.column(self._bucket_key[1]).to_pylist())
-            raw = [f"s3://{b}/{k}" if b and k else None for b, k in pairs]
+            raw = [f"s3://{_text(b)}/{_text(k)}" if b and k else None for b, k in pairs]
         else:
-            raw = batch.column(self.columns["uri"]).cast(pa.string()).to_pylist()
+            raw = [_text(v) for v in batch.column(self.columns["uri"]).to_pylist()]
         swallowed = _lines_swallowed(batch) if self._csv else [0] * n
         uris = [self._accepted(u, lines) for u, lines in zip(raw, swallowed)]
 
         def column(role: str, type_: pa.DataType) -> pa.Array:
             name = self.columns[role]
-            return batch.column(name).cast(type_) if name else pa.nulls(n, type_)
+            if not name:
+                return pa.nulls(n, type_)
+            values = batch.column(name)
+            if pa.types.is_binary(values.type):  # CSV text columns (see _all_strings)
+                values = pa.array([None if v is None or v is _NOT_UTF8 else v
+                                   for v in map(_text, values.to_pylist())], pa.string())
+            return values.cast(type_)
 
         table = pa.table([pa.array(uris, pa.string()), column("etag", pa.string()), column("size", pa.int64()),
                           column("label", pa.string()), column("split", pa.string())], schema=MANIFEST_SCHEMA)
@@ -149,6 +150,8 @@ class Manifest:
         """The URI of one row, or None with the reason counted in ``dropped``."""
         if swallowed:  # this row's value holds the lines after it: count each of them
             return self._drop(STRAY_QUOTE, entry, swallowed)
+        if entry is _NOT_UTF8 or (isinstance(entry, str) and _NOT_UTF8 in entry):
+            return self._drop("not valid UTF-8", "(undecodable bytes)")
         uri = self.resolve(entry)
         if uri is None:
             return None
@@ -182,6 +185,19 @@ class Manifest:
         return None
 
 
+_NOT_UTF8 = "\udcff<not utf-8>"  # stands for a value whose bytes are not UTF-8 (a surrogate: no real text has it)
+
+
+def _text(value: Any) -> Any:
+    """A CSV value read as bytes, as text; ``_NOT_UTF8`` when its bytes are not UTF-8."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return _NOT_UTF8
+
+
 def _read_error(uri: str, e: Exception) -> Exception:
     """What pyarrow's failure to read a manifest means: missing (FileNotFoundError), S3
     unreachable (ConnectionError) or access denied (PermissionError), as jobs.storage says."""
@@ -199,11 +215,13 @@ def _lines_swallowed(batch: pa.RecordBatch) -> list[int]:
     opens a quote it never closes runs to the next quote or the end of the file)."""
     counts = [0] * batch.num_rows
     for column in batch.columns:
-        if not pa.types.is_string(column.type):
+        if not (pa.types.is_string(column.type) or pa.types.is_binary(column.type)):
             continue
         multi = pc.fill_null(pc.match_substring_regex(column, "[\r\n]"), False)
         for i in pc.indices_nonzero(multi).to_pylist():
-            lines = len(str(column[i].as_py()).strip("\r\n").splitlines())
+            value = column[i].as_py()
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            lines = len(text.strip("\r\n").splitlines())
             counts[i] = max(counts[i], lines)
     return counts
 
@@ -222,7 +240,8 @@ def _all_strings(fs: Any, path: str) -> Any:
     text = {c for role in ("uri", "etag", "label", "split") for c in _ROLES[role]} | {"bucket", "key"}
     with fs.open_input_stream(path) as f:
         first = pacsv.open_csv(f).schema.names
-    return pacsv.ConvertOptions(column_types={name: pa.string() for name in first if name.lower() in text})
+    # binary, not string: one value that is not UTF-8 must drop its row, not fail the whole file
+    return pacsv.ConvertOptions(column_types={name: pa.binary() for name in first if name.lower() in text})
 
 
 def _current_versions(names: dict[str, str]) -> Any:

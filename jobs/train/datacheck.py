@@ -35,6 +35,7 @@ from typing import Any
 
 from PIL import Image
 
+from detector.decode import open_image
 from detector.model import CLASSES
 from jobs import storage
 from jobs.train.data import LabelledData, Sample, list_labelled
@@ -67,7 +68,7 @@ class FileFacts:
 def file_facts(data: bytes) -> FileFacts:
     """Format, size and JPEG quality from the header of one image file."""
     try:
-        with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header, decodes no pixels
+        with open_image(data) as img:  # lazy: reads the header, decodes no pixels; allow-listed formats only
             quality, table = (None, None)
             if img.format == "JPEG" and getattr(img, "quantization", None):
                 quality, table = jpeg_quality(img.quantization)
@@ -83,7 +84,7 @@ def _standard_luma_table() -> tuple[int, ...]:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="JPEG", quality=50)
     buf.seek(0)
-    return tuple(Image.open(buf).quantization[0])
+    return tuple(open_image(buf.getvalue()).quantization[0])
 
 
 def _ijg_table(quality: int) -> list[int]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from detector.checkpoint import CHECKPOINT_FILE, load_checkpoint_bytes
 from jobs import storage
+from jobs.metrics import json_safe
 from jobs.plots import training_curves_png
 from jobs.train.card import CARD_FILE, render_card
 from jobs.train.config import TrainConfig
@@ -49,7 +50,7 @@ def publish(config: TrainConfig, data: LabelledData, best: Any, latest: Any, sec
     storage.write_bytes(storage.join(config.output, CURVES_FILE),
                         training_curves_png(state.history, title=f"{config.data} ({config.preset})"))
     storage.write_bytes(storage.join(config.output, CARD_FILE), render_card(record, meta).encode())
-    storage.write_bytes(storage.join(config.output, METRICS_FILE), json.dumps(record, indent=1).encode())
+    storage.write_bytes(storage.join(config.output, METRICS_FILE), json.dumps(json_safe(record), indent=1, allow_nan=False).encode())
     for s in record["data"]["skipped"][:20]:
         print(f"skipped {s['uri']}: {s['reason']}", flush=True)
     acc, auc = (record["best"].get(k) for k in ("val_accuracy", "val_auc"))

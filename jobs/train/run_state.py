@@ -25,6 +25,7 @@ import torch
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.presets import Preset
 from jobs import storage
+from jobs.metrics import json_safe
 from jobs.train.config import TrainConfig
 from jobs.train.data import LabelledData
 
@@ -48,7 +49,7 @@ class TrainState:
     resumes: list[dict[str, Any]] = field(default_factory=list)  # one per restart from a checkpoint
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        return json.dumps(json_safe(asdict(self)), indent=1, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> TrainState:
@@ -103,4 +104,4 @@ def claim_run_dir(config: TrainConfig, data: LabelledData) -> None:
             )
         print(f"resuming the run in {storage.join(config.output, RUN_DIR)}", flush=True)
     else:
-        storage.write_bytes(uri, json.dumps(spec, indent=1).encode())
+        storage.write_bytes(uri, json.dumps(json_safe(spec), indent=1, allow_nan=False).encode())

@@ -94,6 +94,11 @@ def test_no_manifest_row_vanishes_silently(tmp_path):
     assert m.dropped[DUPLICATE] == 3 and sum(n for why, n in m.dropped.items() if "scheme" in why) == 2
     assert "http" in m.dropped_text() and "ftp" in m.dropped_text()
 
+    (tmp_path / "bytes.csv").write_bytes(b"uri\nimg0.jpg\nimg\xff\xfe1.jpg\nimg2.jpg\n")  # one name is not UTF-8
+    m = Manifest(str(tmp_path / "bytes.csv"))
+    assert [r["uri"] for t in m.tables() for r in t.to_pylist()] == [str(tmp_path / f"img{i}.jpg") for i in (0, 2)]
+    assert m.dropped == {"not valid UTF-8": 1}
+
 
 def test_the_scan_prints_and_records_the_dropped_rows(model, tmp_path, capsys):
     small_images(tmp_path / "in", 4)
