@@ -40,8 +40,7 @@ from jobs import cli, storage
 from jobs.metrics import binary_metrics
 from jobs.robustness import ROBUSTNESS, TRANSFORMS
 from jobs.storage.allowed import AllowedRoots
-from jobs.storage.models import load_model
-from jobs.train.card import CARD_FILE, read_card
+from jobs.storage.models import CARD_FILE, load_model, read_card
 from jobs.train.data import DataError, Sample, list_labelled
 
 SPLITS = ("all", "train", "validation")

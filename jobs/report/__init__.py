@@ -106,12 +106,14 @@ def run(config: ReportConfig) -> ReportResult:
     scans = scan_stats(light)
     written: list[str] = []
     with cli.writing("the export files"):
-        _write_exports(config, dataset, light, scans, written)
+        models = {m["scan_id"]: m["config"]["model"] for m in markers if isinstance((m.get("config") or {}).get("model"), str)}
+        _write_exports(config, dataset, light, scans, written, models)
     return ReportResult(scans=tuple(scans), top=top_flagged(light, config.top), rows=light.num_rows, written=tuple(written))
 
 
-def _write_exports(config: ReportConfig, dataset, light, scans, written: list[str]) -> None:
-    """Each requested file, appended to ``written`` once it is there."""
+def _write_exports(config: ReportConfig, dataset, light, scans, written: list[str], models: dict[str, str]) -> None:
+    """Each requested file, appended to ``written`` once it is there; ``models``: scan id
+    -> its --model, whose model card the review page shows."""
     if config.csv:
         storage.write_bytes(config.csv, exports.csv_bytes(light))
         written.append(config.csv)
@@ -122,10 +124,8 @@ def _write_exports(config: ReportConfig, dataset, light, scans, written: list[st
         storage.write_bytes(config.histogram, exports.histograms_png(light, scans))
         written.append(config.histogram)
     if config.html:
-        storage.write_bytes(config.html, exports.review_html(dataset, config, light, scans).encode("utf-8"))
+        storage.write_bytes(config.html, exports.review_html(dataset, config, light, scans, models).encode("utf-8"))
         written.append(config.html)
-
-
 
 
 if __name__ == "__main__":

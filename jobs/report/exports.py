@@ -22,6 +22,7 @@ from jobs.report.selection import (
     select,
 )
 from jobs.report.summary import ScanStats
+from jobs.storage.models import read_card
 
 MAX_HISTOGRAM_PANELS = 24  # --histogram draws the latest scans of a wider selection
 
@@ -54,9 +55,11 @@ def histograms_png(light: pa.Table, scans: list[ScanStats]) -> bytes:
     return scan_histograms_png([(_histogram_title(s), _scores(light, s.scan_id), s.threshold) for s in shown])
 
 
-def review_html(dataset: ds.Dataset, config: ReportConfig, light: pa.Table, scans: list[ScanStats]) -> str:
+def review_html(dataset: ds.Dataset, config: ReportConfig, light: pa.Table, scans: list[ScanStats],
+                models: dict[str, str] | None = None) -> str:
     """The review page of the selection: flagged rows (or all), highest scores first,
-    at most ``html_limit``, thumbnails read only for those rows."""
+    at most ``html_limit``, thumbnails read only for those rows. ``models``: scan id ->
+    its ``--model``, whose model card each scan's panel shows."""
     candidates = light
     if config.html_rows == "flagged":
         candidates = light.filter(pc.fill_null(light["flagged"], False))
@@ -79,7 +82,8 @@ def review_html(dataset: ds.Dataset, config: ReportConfig, light: pa.Table, scan
         f"; the {len(rows)} highest-scoring are listed (raise --html-limit or narrow the selection)" if total > len(rows) else "")]
     if config.threshold is not None:
         notes.append(f"flagged re-decided at threshold {config.threshold:g}")
-    panels = [ScanPanel(scan_id=s.scan_id, facts=_facts(s),
+    cards = {m: read_card(m) for m in set((models or {}).values())}
+    panels = [ScanPanel(scan_id=s.scan_id, facts=_facts(s), card=cards.get((models or {}).get(s.scan_id, "")),
                         histogram_png=scan_histogram_png(_scores(light, s.scan_id), threshold=s.threshold, title=_histogram_title(s)))
               for s in scans[-MAX_HISTOGRAM_PANELS:]]
     return render_page(rows, title="genscan review: flagged images" if config.html_rows == "flagged" else "genscan review",

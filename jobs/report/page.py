@@ -33,6 +33,12 @@ from PIL import Image
 from detector.decode import open_image
 from jobs.report.summary import printable
 
+
+def printable_text(text: str) -> str:
+    """``printable`` line by line: newlines kept, other control and bidi characters escaped."""
+    return "\n".join(printable(line) for line in text.splitlines())
+
+
 PAGE_SIZE = 100
 THUMBNAIL_SIZE = 160
 THUMBNAIL_QUALITY = 75
@@ -47,6 +53,7 @@ class ScanPanel:
     scan_id: str
     facts: tuple[tuple[str, str], ...]
     histogram_png: bytes | None = None
+    card: str | None = None  # the model card (jobs.train's MODEL_CARD.md) of the model that scored it
 
 
 def page_thumbnail(data: bytes | None, *, size: int = THUMBNAIL_SIZE) -> str | None:
@@ -129,7 +136,10 @@ def _scans_html(scans: Sequence[ScanPanel]) -> str:
         if scan.histogram_png:
             src = "data:image/png;base64," + base64.b64encode(scan.histogram_png).decode("ascii")
             img = f"<img class=\"hist\" src=\"{src}\" alt=\"{esc('score histogram of scan ' + scan.scan_id)}\">"
-        out.append(f"<div class=\"scan\"><dl>{facts}</dl>{img}</div>\n")
+        card = ""
+        if scan.card:
+            card = f"<details class=\"card\"><summary>model card</summary><pre>{esc(printable_text(scan.card))}</pre></details>"
+        out.append(f"<div class=\"scan\"><dl>{facts}{card}</dl>{img}</div>\n")
     out.append("</section>\n")
     return "".join(out)
 
@@ -141,7 +151,7 @@ h1 { font-size: 1.4em; } .note { color: #555; margin: .2em 0; }
 .scan { border: 1px solid #ccc; border-radius: 6px; padding: .5em; display: flex; gap: 1em; align-items: center; }
 .scan dl { display: grid; grid-template-columns: auto auto; gap: .1em .8em; margin: 0; font-size: .9em; }
 .scan dt { color: #666; } .scan dd { margin: 0; font-family: ui-monospace, monospace; }
-.hist { width: 420px; }
+.hist { width: 420px; } .card pre { white-space: pre-wrap; max-width: 60em; font-size: .8em; }
 #controls { position: sticky; top: 0; background: #fff; padding: .5em 0; border-bottom: 1px solid #ccc; display: flex; flex-wrap: wrap; gap: 1em; align-items: center; }
 table { border-collapse: collapse; width: 100%; margin-top: .5em; }
 th, td { border-bottom: 1px solid #eee; padding: .3em .5em; text-align: left; vertical-align: top; }

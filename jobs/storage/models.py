@@ -38,3 +38,21 @@ def load_model(model: str, *, device: str = "cpu") -> tuple[bytes, Checkpoint]:
     Raises detector.errors.CheckpointError naming ``model`` for a bad file."""
     data = read_checkpoint_bytes(model)
     return data, load_checkpoint_bytes(data, source=checkpoint_uri(model), device=device)
+
+
+CARD_FILE = "MODEL_CARD.md"  # written by jobs.train (jobs/train/card.py) beside the checkpoint
+
+
+def card_uri(model: str) -> str:
+    """Where the model card of ``--model`` (a training output, or its model.safetensors) lives."""
+    folder = model.rsplit("/", 1)[0] if model.endswith(".safetensors") else model
+    return storage.join(folder, CARD_FILE)
+
+
+def read_card(model: str) -> str | None:
+    """The model card's text, or None when there is none (trained before cards) or it
+    cannot be read: a card is information, never a reason for a job to fail."""
+    try:
+        return storage.read_bytes(card_uri(model), max_bytes=1 << 20).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None

@@ -3,7 +3,7 @@ held-out data, and what it cannot be trusted with. Written by jobs.train next to
 ``model.safetensors`` as ``MODEL_CARD.md``, printed by jobs.evaluate, linked from the
 review page, so whoever acts on a flag can see what raised it.
 
-    python -c "from jobs.train.card import read_card; print(read_card('OUT'))"
+    python -c "from jobs.storage.models import read_card; print(read_card('OUT'))"
 """
 
 from __future__ import annotations
@@ -11,29 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from detector.model import ARCHITECTURES, ModelSpec
-from jobs import storage
+from jobs.storage.models import CARD_FILE, card_uri, read_card  # noqa: F401 (re-exported)
 
-CARD_FILE = "MODEL_CARD.md"
 _LAYERS = {
     "resnet18": "torchvision ResNet18 whole: 7x7 stride-2 stem, max pool, layer1-layer4 (512 channels), "
                 "global average pool, linear head",
     "resnet18-npr": "ResNet18 on the neighbouring-pixel residual x - up(down(x)) (NPR): 3x3 stride-2 stem, "
                     "max pool, layer1 and layer2 (128 channels), global average pool, linear head",
 }
-
-
-def card_uri(model: str) -> str:
-    """Where the card of ``--model`` (a training output, or its model.safetensors) lives."""
-    folder = model.rsplit("/", 1)[0] if model.endswith(".safetensors") else model
-    return storage.join(folder, CARD_FILE)
-
-
-def read_card(model: str) -> str | None:
-    """The card's text, or None when the model has none (trained before cards existed)."""
-    try:
-        return storage.read_bytes(card_uri(model), max_bytes=1 << 20).decode("utf-8", "replace")
-    except (FileNotFoundError, ValueError, IsADirectoryError):
-        return None
 
 
 def render_card(record: dict[str, Any], meta: dict[str, Any]) -> str:

@@ -431,3 +431,17 @@ def test_page_renders_bidi_and_zero_width_characters_escaped_in_chromium(tmp_pat
     dom = Dom(chromium(tmp_path, page, "--dump-dom"))
     assert sorted(dom.uris) == sorted(["s3://b/invoice\\u202egpj.exe", "s3://b/zero\\u200bwidth.jpg",
                                        "s3://b/line\\u2028sep.jpg"])
+
+
+def test_review_page_shows_each_scans_model_card_escaped(tmp_path):
+    from jobs.report.page import ScanPanel
+    from jobs.storage.models import CARD_FILE, read_card
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / CARD_FILE).write_text("# Model card: sha256-abc\n- threshold 0.61\n<script>alert(1)</script>\u202e\n")
+    card = read_card(str(model))
+    assert card is not None and read_card(str(tmp_path / "no-model")) is None
+    page = render_page([], title="t", scans=[ScanPanel(scan_id="s1", facts=(("scan", "s1"),), card=card)])
+    assert "<details class=\"card\"><summary>model card</summary>" in page and "threshold 0.61" in page
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;\\u202e" in page
