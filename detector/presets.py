@@ -123,9 +123,9 @@ class NativeCropPreset(Preset):
     hflip_prob: float = 0.5
     blur_prob: float = 0.1
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    jpeg_prob: float = 0.5
-    jpeg_quality: tuple[int, int] = (65, 100)
-    resample_prob: float = 0.0  # down-scale a region by resample_scale before cropping
+    jpeg_prob: float = 0.7  # docs/QUALITY.md: robustness to re-compression and down-scaling
+    jpeg_quality: tuple[int, int] = (50, 100)
+    resample_prob: float = 0.3  # down-scale a region by resample_scale before cropping
     resample_scale: tuple[float, float] = (0.5, 1.0)
 
     def problems(self) -> list[str]:

@@ -42,7 +42,7 @@ def publish(config: TrainConfig, data: LabelledData, best: Any, latest: Any, sec
                  "skipped": [{"uri": u, "reason": r} for u, r in sorted(state.skipped.items())]},
         "data_check": data_check,
         "resumes": state.resumes,
-        "config": dataclasses.asdict(config),
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),  # as metrics.json holds it
         "ray_train_dir": storage.join(config.output, RUN_DIR),
         "wall_seconds": round(seconds, 1),
     }

@@ -87,7 +87,8 @@ def read_file(checkpoint: Any, name: str) -> bytes:
 
 def claim_run_dir(config: TrainConfig, data: LabelledData) -> None:
     """Record what this run trains on; refuse to resume a run that trained on something else."""
-    spec = {k: v for k, v in dataclasses.asdict(config).items() if k not in MAY_CHANGE}
+    # as JSON reads it back (tuples become lists), so an unchanged setting compares equal
+    spec = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in MAY_CHANGE}))
     splits = [[(s.uri, s.label) for s in part] for part in (data.train, data.validation)]
     digest = hashlib.sha256(json.dumps(splits).encode()).hexdigest()
     spec["data_digest"] = f"sha256-{digest[:16]}"

@@ -39,7 +39,8 @@ def setup(tmp_path_factory, ray_local):
     model = save_model(root / "model")
     expected = make_input(root / "input")
     config = ScanConfig(input=str(root / "input"), model=str(model), output=str(root / "reports"),
-                        batch_size=8, concurrency=1, rows_per_file=20)
+                        batch_size=8, concurrency=1, rows_per_file=20,
+                        runtime="torch")  # the reference: heat maps and scores are compared exactly below
     summary = run(config)
     return root, config, expected, summary
 
@@ -128,7 +129,7 @@ def test_heat_maps_in_the_report_match_pytorch_grad_cam(setup):
     assert len(rows) == 4
     ckpt = load_checkpoint(Path(config.model))
     preset = ckpt.preset
-    pixels = torch.stack([preset.prepare(Image.open(u).convert("RGB")) for u in rows["uri"]])
+    pixels = torch.cat([preset.prepare(Image.open(u).convert("RGB"))[0] for u in rows["uri"]])
     x = preset.normalize(pixels)
     reference = explain(ckpt.model, x, method="gradcam")  # (4, 64, 64), target: fake log-odds
     ours = torch.tensor(np.stack([np.asarray(c, np.float32).reshape(2, 2) for c in rows["cam"]]))

@@ -96,7 +96,7 @@ def test_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path, capsys,
     assert not marker.exists()
     argv = ["--input", str(tmp_path / "input"), "--model", str(model if as_folder else model / "model.safetensors"),
             "--output", str(tmp_path / "out")]
-    assert main(argv) == 1
+    assert main(argv) == 3  # jobs/cli.py: a bad model
     err = capsys.readouterr().err
     assert "scan failed:" in err and "pickle" in err and "never" in err, err
     assert not marker.exists(), "the checkpoint's payload ran"
@@ -147,7 +147,11 @@ def scan(s3, tmp_path_factory):
 
 def test_keys_are_data_one_row_each_and_nothing_is_written_outside_output(scan, s3):
     rows = report_store.open_reports(scan["output"]).to_table().to_pylist()
-    assert sorted(r["uri"] for r in rows) == sorted(scan["uris"])  # exactly as listed, once each
+    # keys whose ".." climbs out of the bucket leave the allowed prefix: counted, not fetched
+    climbing = {f"{scan['uploads']}/{k}" for k in ("photos/../../../escape.jpg", "../outside.jpg")}
+    assert sorted(r["uri"] for r in rows) == sorted(set(scan["uris"]) - climbing)  # as listed, once each
+    [marker] = report_store.published_scans(scan["output"])
+    assert sum(marker["dropped"].values()) == len(climbing), marker["dropped"]
     by_uri = {r["uri"]: r for r in rows}
     stored = {f"{scan['uploads']}/{k}" for k in STORED_KEYS}
     for uri, row in by_uri.items():
