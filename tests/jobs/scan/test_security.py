@@ -148,7 +148,8 @@ def scan(s3, tmp_path_factory):
 def test_keys_are_data_one_row_each_and_nothing_is_written_outside_output(scan, s3):
     rows = report_store.open_reports(scan["output"]).to_table().to_pylist()
     # keys whose ".." climbs out of the bucket leave the allowed prefix: counted, not fetched
-    climbing = {f"{scan['uploads']}/{k}" for k in ("photos/../../../escape.jpg", "../outside.jpg")}
+    climbing = {f"{scan['uploads']}/{k}" for k in ("photos/../../../escape.jpg", "../outside.jpg",
+                                                "photos/..\\..\\backslash.jpg")}  # a backslash counts as "/" here
     assert sorted(r["uri"] for r in rows) == sorted(set(scan["uris"]) - climbing)  # as listed, once each
     [marker] = report_store.published_scans(scan["output"])
     assert sum(marker["dropped"].values()) == len(climbing), marker["dropped"]

@@ -1,0 +1,82 @@
+"""Detection quality of one trained model across the shared sets: one row of the table in
+docs/QUALITY.md.
+
+- the held-out validation split of ``--data`` (the training run's ``--seed`` and
+  ``--val-fraction``): AUC, TPR at 1% and 5% FPR, and the AUC change when the same images
+  are re-saved as JPEG q90/q75/q50 or down-scaled by 0.5 (``jobs.evaluate``);
+- ``multigen-probe`` (fakes of 9 generators, never trained on): the share of each
+  generator's images flagged at the model's own calibrated threshold (its 5%-FPR
+  threshold on real validation photos), scored exactly as a scan scores them;
+- ``cifake-4k`` (32 px, another generator): AUC on 500 + 500 images.
+
+    .venv/bin/python benchmarks/detection_quality.py --model /tmp/run --data ../shared/data/sd-coco-dev
+
+Prints a table and one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import json_line  # noqa: E402
+from detector.decode import decode_image  # noqa: E402
+from detector.inference import Detector  # noqa: E402
+from jobs import evaluate  # noqa: E402
+from jobs.storage.models import load_model  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16) -> dict[str, float]:
+    """Share of each generator's images (file prefix before ``__``) with score >= threshold."""
+    files = sorted(folder.glob("*.jpg"))
+    flagged: dict[str, list[bool]] = defaultdict(list)
+    for i in range(0, len(files), batch):
+        chunk = files[i:i + batch]
+        images = []
+        for f in chunk:
+            image = decode_image(f.read_bytes()).image
+            images.append((*detector.preset.prepare(image), image.width, image.height))
+        for f, s in zip(chunk, detector.score_tiles(images)):
+            flagged[f.name.split("__")[0]].append(s.prob_fake >= detector.threshold)
+    out = {g: float(np.mean(v)) for g, v in sorted(flagged.items())}
+    out["all"] = float(np.mean([x for v in flagged.values() for x in v]))
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a jobs.train output")
+    p.add_argument("--data", default=str(SHARED / "sd-coco-dev"), help="the training data (its validation split is used)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runtime", default="torch", help="torch (the reference) or openvino")
+    args = p.parse_args(argv)
+    val = evaluate.run(evaluate.EvaluateConfig(data=args.data, model=args.model, split="validation", seed=args.seed,
+                                               robustness=("jpeg90", "jpeg75", "jpeg50", "downscale0.5")))
+    detector = Detector(load_model(args.model)[1], runtime=args.runtime)
+    multigen = flagged_by_generator(detector, SHARED / "multigen-probe" / "fake")
+    cifake = evaluate.run(evaluate.EvaluateConfig(data=str(SHARED / "cifake-4k"), model=args.model, max_images=500))
+    row = {
+        "model_version": detector.model_version, "threshold": detector.threshold,
+        "val_auc": val["auc"], "val_tpr_at_1pct_fpr": val["tpr_at_1pct_fpr"], "val_tpr_at_5pct_fpr": val["tpr_at_5pct_fpr"],
+        **{f"auc_change_{k}": v["auc_change"] for k, v in val["robustness"].items()},
+        "multigen_flagged": multigen, "cifake_auc": cifake["auc"],
+    }
+    print(f"validation ({val['n']} images): AUC {val['auc']:.4f}, TPR@1% {val['tpr_at_1pct_fpr']:.3f}, "
+          f"TPR@5% {val['tpr_at_5pct_fpr']:.3f}")
+    for k, v in val["robustness"].items():
+        print(f"  {k}: AUC {v['auc']:.4f} ({v['auc_change']:+.4f})")
+    print("multigen-probe flagged at the model's threshold: " + ", ".join(f"{g} {v:.0%}" for g, v in multigen.items()))
+    print(f"cifake-4k ({cifake['n']} images): AUC {cifake['auc']:.4f}")
+    print(json_line(row))
+
+
+if __name__ == "__main__":
+    main()
