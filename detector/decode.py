@@ -42,7 +42,8 @@ class DecodedImage:
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> DecodedImage:
-    """Decode ``data`` to RGB. Raises ImageDecodeError saying what was wrong.
+    """Decode ``data`` to RGB. Raises ImageDecodeError saying what was wrong. (Long: one
+    ``try`` must cover every PIL call, whose plugins raise a zoo of exception types.)
 
     ``draft_size``: for a JPEG at least twice as large on both sides, let the decoder
     scale it down by 1/2, 1/4 or 1/8 in the DCT (PIL ``Image.draft``), keeping both sides

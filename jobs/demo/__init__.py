@@ -151,6 +151,7 @@ def run(config: DemoConfig) -> None:
 
 
 def _run_steps(config: DemoConfig, work: Path, start: float) -> None:
+    """The demo's steps in order (long: it is the script a reader follows)."""
     from jobs import scan, storage, train
     from jobs.demo.samples import make_samples
     from jobs.scan import ScanConfig

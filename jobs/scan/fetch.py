@@ -42,7 +42,10 @@ def fetch_and_prepare(
     max_bytes: int,
     keep_view: bool,
 ) -> dict[str, np.ndarray]:
-    """Listing rows (uri, etag, size_bytes) -> decoded model inputs (see the module doc)."""
+    """Listing rows (uri, etag, size_bytes) -> decoded model inputs (see the module doc).
+
+    Long because it is one stage: the output arrays, then the per-object work that must
+    turn every failure into that object's error, run in a thread pool."""
     p = preset_from_dict(preset)
     n = len(batch["uri"])
     out: dict[str, np.ndarray] = {

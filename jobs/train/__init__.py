@@ -81,6 +81,7 @@ __all__ = ["RECIPES", "RUN_DIR", "RunConflictError", "TrainConfig", "get_args_pa
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """One flag per TrainConfig field (long: it is the list of flags)."""
     d = TrainConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,

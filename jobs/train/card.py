@@ -22,7 +22,8 @@ _LAYERS = {
 
 
 def render_card(record: dict[str, Any], meta: dict[str, Any]) -> str:
-    """Markdown for a published run: ``record`` is metrics.json's, ``meta`` the checkpoint's."""
+    """Markdown for a published run: ``record`` is metrics.json's, ``meta`` the checkpoint's.
+    Long because it is the card's template, read top to bottom as the card is."""
     config, best, data = record["config"], record["best"], record["data"]
     counts = data.get("counts", {})
     arch = config.get("arch") or "resnet18"
