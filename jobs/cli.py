@@ -88,6 +88,17 @@ def run_main(job: str, run: Callable[[], Any], *, debug: bool) -> tuple[int, Any
         return exit_code(e), None
 
 
+def parse_config(parser: argparse.ArgumentParser, make_config: Callable[..., Any], argv: list[str] | None) -> tuple[Any, bool]:
+    """``(config, debug)`` from ``argv``: the flags parsed, ``--debug`` taken out, the
+    config built; a ValueError from its validation is a bad flag (one line, exit 2)."""
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug", False)
+    try:
+        return make_config(**args), debug
+    except ValueError as e:
+        parser.error(str(e))  # exits 2
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """``--debug``; absent from the parsed namespace unless given, so ``Config(**vars(args))``
     keeps working (``main`` pops it: ``vars(args).pop("debug", False)``)."""

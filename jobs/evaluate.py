@@ -107,13 +107,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = vars(parser.parse_args(argv))
-    debug = args.pop("debug", False)
-    try:
-        config = EvaluateConfig(**args)
-    except ValueError as e:
-        parser.error(str(e))
+    config, debug = cli.parse_config(get_args_parser(), EvaluateConfig, argv)
     code, result = cli.run_main("evaluate", lambda: run(config), debug=debug)
     if result is not None:
         card = read_card(config.model)

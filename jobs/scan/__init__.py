@@ -97,13 +97,7 @@ class ScanSummary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = vars(parser.parse_args(argv))
-    debug = args.pop("debug", False)
-    try:
-        config = ScanConfig(**args)
-    except ValueError as e:
-        parser.error(str(e))
+    config, debug = cli.parse_config(get_args_parser(), ScanConfig, argv)
     code, summary = cli.run_main("scan", lambda: run(config), debug=debug)
     if summary is not None:
         print(summary.line(), flush=True)

@@ -135,13 +135,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = vars(parser.parse_args(argv))
-    debug = args.pop("debug", False)
-    try:
-        config = TrainConfig(**args)
-    except ValueError as e:
-        parser.error(str(e))
+    config, debug = cli.parse_config(get_args_parser(), TrainConfig, argv)
     code, _ = cli.run_main("train", lambda: (ensure_ray(), run(config)), debug=debug)
     return code
 
