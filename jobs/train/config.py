@@ -116,6 +116,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.make_preset()  # the preset's own bounds (tile size, tiles, ...): now, not on a worker
 
     @property
     def recipe(self) -> dict[str, Any]:

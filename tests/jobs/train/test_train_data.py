@@ -253,6 +253,9 @@ def test_each_preset_brings_its_recipe_and_flags_override_it():
     assert tuned.arch == "resnet18"  # the original model
     with pytest.raises(ValueError, match="--tile-size and --max-tiles are for --preset native"):
         TrainConfig(data="d", output="o", preset="baseline", max_tiles=2)
+    for bad in ({"max_tiles": 0}, {"tile_size": 10**6}):  # the preset's bounds, checked before any work
+        with pytest.raises(ValueError, match="tile_size must be 32-4096 and max_tiles 1-64"):
+            TrainConfig(data="d", output="o", **bad)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_and_resumes_on_the_same_curve():
