@@ -99,6 +99,15 @@ def parse_config(parser: argparse.ArgumentParser, make_config: Callable[..., Any
         parser.error(str(e))  # exits 2
 
 
+def add_allow_prefix_flag(parser: argparse.ArgumentParser, manifest_flag: str) -> None:
+    """``--allow-prefix`` (repeatable): where the entries of the ``manifest_flag`` manifest
+    may point (jobs/storage/allowed.py); the same flag for every job that reads manifests."""
+    parser.add_argument("--allow-prefix", action="append", default=None, metavar="PREFIX",
+                        help=f"a folder or s3://bucket[/prefix] that {manifest_flag} manifest entries may name "
+                             "(repeatable); entries elsewhere are dropped and counted. Default: the manifest's own "
+                             "bucket (s3://) or folder; '*' allows any object the credentials can read")
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """``--debug``; absent from the parsed namespace unless given, so ``Config(**vars(args))``
     keeps working (``main`` pops it: ``vars(args).pop("debug", False)``)."""

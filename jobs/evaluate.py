@@ -99,9 +99,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=4, help="threads fetching and decoding images")
     p.add_argument("--max-images", type=int, default=None, help="evaluate a deterministic subset of at most N images per class")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels")
-    p.add_argument("--allow-prefix", action="append", default=None, metavar="PREFIX",
-                   help="a folder or s3://bucket[/prefix] that a --data manifest's entries may name (repeatable; "
-                        "default: the manifest's own bucket or folder; '*': anything)")
+    cli.add_allow_prefix_flag(p, "a --data")
     cli.add_debug_flag(p)
     return p
 

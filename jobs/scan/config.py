@@ -111,10 +111,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=EXECUTORS, default=d["executor"].default,
                    help=f"ray: a Ray Data pipeline (scales out; ~13 s to start on 2 cores); local: fetch and score in this "
                         f"process; auto (default): local up to {LOCAL_MAX_OBJECTS} objects (GPU scans: ray)")
-    p.add_argument("--allow-prefix", action="append", default=None, metavar="PREFIX",
-                   help="a folder or s3://bucket[/prefix] that --manifest entries may name (repeatable); entries "
-                        "elsewhere are dropped and counted. Default: the manifest's own bucket (s3://) or folder; "
-                        "'*' allows any object the scan's credentials can read")
+    cli.add_allow_prefix_flag(p, "--manifest")
     cli.add_debug_flag(p)
     return p
 

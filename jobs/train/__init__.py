@@ -127,9 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="target false-positive rate on real validation images for the operating threshold")
     p.add_argument("--max-pixels", type=int, default=d["max_pixels"].default,
                    help="larger images are skipped as possible decompression bombs")
-    p.add_argument("--allow-prefix", action="append", default=None, metavar="PREFIX",
-                   help="a folder or s3://bucket[/prefix] that a --data manifest's entries may name (repeatable; "
-                        "default: the manifest's own bucket or folder; '*': anything)")
+    cli.add_allow_prefix_flag(p, "a --data")
     cli.add_debug_flag(p)
     return p
 
