@@ -157,16 +157,15 @@ def main(argv=None) -> None:
     p.add_argument("--image-size", type=int, default=64, help="model input size (baseline preset; default 64)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="Ray CPUs (default all)")
-    p.add_argument("--cpus-per-scorer", type=float, default=None, help="default threads - 0.5")
+    p.add_argument("--cpus-per-scorer", type=float, default=None, help="default: the scan's own default")
     p.add_argument("--use-gpu", action="store_true")
     args = p.parse_args(argv)
     sizes = args.images or [1000, 10000]
     from jobs.scan.listing import list_input
     from jobs.demo.s3_server import SeaweedS3Server
     from jobs.scan import ScanConfig, run
-    from jobs.scan.pipeline import FETCH_CPUS
 
-    cps = args.cpus_per_scorer or (1.0 if args.use_gpu else max(0.5, args.threads - FETCH_CPUS))
+    cps = args.cpus_per_scorer
     load = os.getloadavg()
     print(f"sizes {sizes}, model input {args.image_size}; {machine()}; "
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)

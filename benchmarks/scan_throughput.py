@@ -54,21 +54,21 @@ from detector.presets import get_preset  # noqa: E402
 
 
 def forward_only(model, files, preset, batch_size, device, runtime: str = "torch") -> float:
-    """Model limit: decoded and pre-processed tensors already in memory; the trunk in
-    ``runtime`` (detector.backends), plus the head. Pictures with several tiles count once."""
+    """Model limit: the preset's uint8 tiles already in memory; the scan's scoring graph
+    (detector.backends.ScoringGraph: normalisation, trunk, pooling, heat-map sum) in
+    ``runtime``, plus the head. Pictures with several tiles count once."""
     from detector.backends import make_features
 
-    tiles = [preset.prepare(Image.open(f).convert("RGB"))[0] for f in files]
-    x_all = preset.normalize(torch.cat(tiles)).contiguous(memory_format=torch.channels_last)
+    tiles = torch.cat([preset.prepare(Image.open(f).convert("RGB"))[0] for f in files])
     m = model.to(device, memory_format=torch.channels_last).eval()
-    features = make_features(runtime, m, num_threads=torch.get_num_threads())
-    shapes = {tuple(x.shape) for x in x_all}
+    features = make_features(runtime, m, preset, num_threads=torch.get_num_threads(), memory_format=torch.channels_last)
+    shapes = {tuple(x.shape) for x in tiles}
     assert len(shapes) == 1, f"forward_only wants pictures of one size, got tiles {shapes}"
 
     def run():
         with torch.inference_mode():
-            for i in range(0, len(x_all), batch_size):
-                m.fc(features(x_all[i:i + batch_size].to(device)).mean(dim=(2, 3)))
+            for i in range(0, len(tiles), batch_size):
+                m.fc(features(tiles[i:i + batch_size].to(device))[0].to(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -155,7 +155,7 @@ def write_manifest(files: list[Path], path: Path) -> Path:
 
 
 def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int, executor: str,
-                 runtime: str = "torch") -> tuple[float, object]:
+                 runtime: str = "torch", fetch: str = "auto") -> tuple[float, object]:
     """The scan job end to end (``jobs.scan.run``) on the already started local Ray:
     (wall seconds, summary). Checks every one of the ``n`` images came back scored."""
     from jobs.scan import ScanConfig, run
@@ -170,6 +170,7 @@ def genscan_scan(model_dir: Path, manifest: Path, out_dir: Path, args, n: int, e
         use_gpu=args.use_gpu,
         executor=executor,
         runtime=runtime,
+        fetch=fetch,
         allow_prefix=("*",),  # the benchmark's own manifest names the shared data set elsewhere
     )
     summary, secs = timed(run, config)
@@ -195,7 +196,7 @@ def in_scan_rate(report: str) -> float:
 
 
 def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
-              executor: str = "auto", runtime: str = "torch") -> tuple[list[tuple[str, float]], str]:
+              executor: str = "auto", runtime: str = "torch", fetch: str = "auto") -> tuple[list[tuple[str, float]], str]:
     """A warm-up scan of ``args.warmup`` images, then the scan of all N. Rows: the N-image
     scan's end-to-end rate (Ray already started; actor start, model load, planning and
     publishing included) and its steady rate: images/s after its first batch, from the
@@ -204,9 +205,9 @@ def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
     Also returns the executor the scan ran on (``--executor auto`` picks one)."""
     w = min(args.warmup, len(files) - 1)
     t_w, _ = genscan_scan(model_dir, write_manifest(files[:w], tmp / f"{label}-warmup.csv"), tmp / f"{label}-warmup",
-                          args, w, executor, runtime)
+                          args, w, executor, runtime, fetch)
     t_n, summary = genscan_scan(model_dir, write_manifest(files, tmp / f"{label}.csv"), tmp / label, args, len(files),
-                                executor, runtime)
+                                executor, runtime, fetch)
     steady = in_scan_rate(summary.report)
     marginal = (len(files) - w) / (t_n - t_w) if t_n > t_w else float("nan")
     print(f"  {label} (--executor {executor} -> {summary.executor}): warm-up {w} images {t_w:.1f} s, {len(files)} images {t_n:.1f} s "
@@ -224,7 +225,7 @@ def main(argv=None) -> None:
     cpus = os.cpu_count() or 1
     p.add_argument("--threads", type=int, default=cpus, help="torch threads for rows 1-3 and Ray's CPUs (default all)")
     p.add_argument("--cpus-per-scorer", type=float, default=None,
-                   help="CPUs per scoring actor (its torch threads, rounded); default threads - 0.5, the rest for fetching")
+                   help="CPUs per scoring actor (its model threads, rounded); default: the scan's own default")
     p.add_argument("--warmup", type=int, default=8, help="images in the warm-up scan before each timed scan")
     p.add_argument("--use-gpu", action="store_true", help="run the model on CUDA")
     p.add_argument("--preset-row", default=None, help="preset of the last row (default: jobs.train's default preset)")
@@ -234,10 +235,6 @@ def main(argv=None) -> None:
         p.error("--use-gpu given but CUDA is not available")
     if args.images < 2:
         p.error("--images must be at least 2")
-    if args.cpus_per_scorer is None:
-        from jobs.scan.pipeline import FETCH_CPUS
-
-        args.cpus_per_scorer = 1.0 if args.use_gpu else max(0.5, args.threads - FETCH_CPUS)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.use_gpu else "cpu")
     torch.manual_seed(0)
@@ -279,6 +276,11 @@ def main(argv=None) -> None:
         rows += scan_rows("genscan_scan_ray", tmp / "model-baseline", files, tmp, args, executor="ray")[0]
         for rt in runtimes if not args.use_gpu else ("torch",):
             rows += scan_rows(f"scan_default_{rt}", tmp / "model-default", files, tmp, args, runtime=rt)[0]
+        # the same scan with fetching in separate Ray tasks (--fetch tasks: the GPU default, the CPU default until
+        # round 3), side by side with the default's fetching in the scoring actor
+        auto = resolve("auto", use_gpu=args.use_gpu)
+        rows += scan_rows(f"scan_default_{auto}_fetch_tasks", tmp / "model-default", files, tmp, args, runtime=auto,
+                          fetch="tasks")[0]
 
     print_table(rows, "seed_loop", "forward_only")
     r = dict(rows)
@@ -307,6 +309,7 @@ def main(argv=None) -> None:
         "scan_default_steady_img_s": r[f"scan_default_{auto}_steady"],
         "scan_default_runtime": auto,
         "scan_default_torch_img_s": r["scan_default_torch"],
+        "scan_default_fetch_tasks_img_s": r[f"scan_default_{auto}_fetch_tasks"],
         "default_model": f"{arch} {default.name}",
         "ray_start_s": ray_start,
         "scan_vs_seed": r["genscan_scan"] / r["seed_loop"] if "seed_loop" in r else None,

@@ -1,9 +1,11 @@
 """Model runtimes for scoring: what runs the network's convolutions (``--runtime``).
 
-Only the trunk runs in the runtime: it returns the last-stage features, and the head, the
-tile combination and the closed-form heat map are computed from them in torch
-(detector/inference.py), so every runtime yields scores and heat maps from the same
-forward pass.
+One graph runs in the runtime (``ScoringGraph``): uint8 tiles in, normalisation, the trunk,
+global average pooling and the closed-form heat map's channel sum ``sum_k w_k A_k``
+(detector/cam.py), so scores and heat maps come from the same forward pass and only
+C + h*w numbers per tile come back, not the C*h*w feature maps (0.5M floats for a 512-px
+tile: copying, pooling and summing those in torch cost as much as the forward pass). The
+head, the tile combination and the heat map's scaling stay in torch (detector/inference.py).
 
 - ``torch``: the reference, and the GPU path. Eager PyTorch, ``channels_last``.
 - ``openvino``: Intel's OpenVINO on the CPU, ~3x torch on CPUs with AVX-512 (BF16/VNNI),
@@ -33,10 +35,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from detector.cam import cam_weights
+from detector.model import FAKE
+from detector.presets import Preset
+
 RUNTIMES = ("auto", "torch", "openvino")
 COMPILED_SHAPES = 8  # compiled OpenVINO models kept per scorer (one per tile shape seen)
 
-Features = Callable[[torch.Tensor], torch.Tensor]  # normalised (B, 3, H, W) -> (B, C, h, w)
+GRAPH_VERSION = "g2"  # part of the conversion cache's key: bump when ScoringGraph changes
+# uint8 tiles (B, 3, H, W) -> (pooled last-stage features (B, C), raw heat maps (B, h, w)), float32
+Features = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def available() -> tuple[str, ...]:
@@ -57,12 +65,15 @@ def resolve(name: str, *, use_gpu: bool) -> str:
     return name
 
 
-def make_features(name: str, model: nn.Module, *, num_threads: int, cache_key: str | None = None) -> Features:
-    """The trunk of ``model`` (eval mode, on its device) as a callable in runtime ``name``.
-    ``cache_key`` (the model_version) lets a converted network be reused by later scans."""
+def make_features(name: str, model: nn.Module, preset: Preset, *, num_threads: int, cache_key: str | None = None,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> Features:
+    """``ScoringGraph`` of ``model`` (eval mode, on its device) and ``preset``'s normalisation
+    as a callable in runtime ``name``. ``cache_key`` (the model_version) lets a converted
+    network be reused by later scans."""
     if name == "openvino":
-        return OpenVINOFeatures(model, num_threads=num_threads, cache_key=cache_key)
-    return torch.inference_mode()(model.features)
+        return OpenVINOFeatures(ScoringGraph(model.cpu(), preset), num_threads=num_threads, cache_key=cache_key)
+    graph = ScoringGraph(model, preset, memory_format=memory_format)
+    return torch.inference_mode()(graph.forward)
 
 
 def cache_dir() -> Path:
@@ -86,31 +97,41 @@ def _save(ov, graph, path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-class _Trunk(nn.Module):
-    def __init__(self, model: nn.Module):
+class ScoringGraph(nn.Module):
+    """uint8 tiles (B, 3, H, W) -> (GAP of the last-stage features (B, C), the raw heat maps
+    ``sum_k w_k A_k`` (B, h, w)): what every runtime runs (the module doc says why)."""
+
+    def __init__(self, model: nn.Module, preset: Preset, *, memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.model = model
+        self.memory_format = memory_format
+        weights = cam_weights(model, FAKE).detach().float()
+        self.register_buffer("weights", weights.to(model.fc.weight.device), persistent=False)
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = ((x.float() / 255.0 - self.mean.to(x.device)) / self.std.to(x.device)).contiguous(memory_format=self.memory_format)
+        a = self.model.features(x).float()
+        return a.mean(dim=(2, 3)), torch.einsum("bchw,c->bhw", a, self.weights.to(a.device))
 
 
 class OpenVINOFeatures:
-    """The trunk converted to OpenVINO once, compiled per input (H, W) on first use."""
+    """A ``ScoringGraph`` converted to OpenVINO once, compiled per input (H, W) on first use."""
 
-    def __init__(self, model: nn.Module, *, num_threads: int, cache_key: str | None = None):
+    def __init__(self, graph: ScoringGraph, *, num_threads: int, cache_key: str | None = None):
         import openvino as ov
 
         self._core = ov.Core()
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(num_threads)}
-        cached = cache_dir() / f"{cache_key}.xml" if cache_key else None
+        cached = cache_dir() / f"{cache_key}-{GRAPH_VERSION}.xml" if cache_key else None
         if cached is not None and cached.is_file():
             self._graph = self._core.read_model(str(cached))  # converted by an earlier scan of this model
         else:
-            example = torch.zeros(1, 3, 64, 64)
+            example = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
             with torch.no_grad():  # dynamic batch and size in the graph; shapes are fixed at compile time
-                self._graph = ov.convert_model(_Trunk(model.cpu().eval()), example_input=example,
-                                               input=[(-1, 3, -1, -1)])
+                self._graph = ov.convert_model(graph.eval(), example_input=example,
+                                               input=[((-1, 3, -1, -1), ov.Type.u8)])
             if cached is not None:
                 _save(ov, self._graph, cached)
         self._compiled: OrderedDict[tuple[int, int], object] = OrderedDict()
@@ -126,6 +147,7 @@ class OpenVINOFeatures:
         self._compiled.move_to_end(key)
         return self._compiled[key]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         compiled = self._for(x.shape[2], x.shape[3])
-        return torch.from_numpy(compiled(x.contiguous().numpy())[0])
+        out = compiled(x.contiguous().numpy())
+        return torch.from_numpy(out[0]), torch.from_numpy(out[1])

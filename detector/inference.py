@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.backends import Features, make_features, resolve
-from detector.cam import cam_weights, features_and_logits, normalise_cam
+from detector.cam import normalise_cam
 from detector.checkpoint import Checkpoint, load_checkpoint
 from detector.decode import DEFAULT_MAX_PIXELS, decode_image
 from detector.model import FAKE
@@ -83,9 +83,11 @@ def score_images(model: torch.nn.Module, preset: Preset, images: Sequence[tuple[
 
     Tiles of equal shape, from any images, share model batches of about
     ``TILE_PIXELS_PER_BATCH`` pixels. The model must be in eval mode; ``features`` runs its
-    trunk in another runtime (detector.backends), the head and heat map stay here."""
+    normalisation, trunk, pooling and heat-map sum in a runtime (detector.backends; default
+    torch on the model's device), the head and the heat map's placing and scaling stay here."""
     device = next(model.parameters()).device
-    weights = cam_weights(model, FAKE)
+    if features is None:
+        features = make_features("torch", model, preset, num_threads=torch.get_num_threads(), memory_format=memory_format)
     by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)  # shape -> (image, tile)
     for i, (tiles, _, _, _) in enumerate(images):
         for j in range(len(tiles)):
@@ -97,11 +99,10 @@ def score_images(model: torch.nn.Module, preset: Preset, images: Sequence[tuple[
         for k in range(0, len(members), per_batch):
             chunk = members[k:k + per_batch]
             x = torch.stack([images[i][0][j] for i, j in chunk]).to(device)
-            x = preset.normalize(x).contiguous(memory_format=memory_format)
-            a = features(x) if features is not None else features_and_logits(model, x)[0]  # (b, C, h, w)
-            raw = torch.einsum("bchw,c->bhw", a.float(), weights.float().to(a.device)).cpu()
+            pool, raw = features(x)  # (b, C), (b, h, w)
+            pool, raw = pool.float().to(device), raw.float().cpu()
             for m, key in enumerate(chunk):
-                pooled[key], maps[key] = a[m].float().mean(dim=(1, 2)).to(device), raw[m]
+                pooled[key], maps[key] = pool[m], raw[m]
     return [_combine(model, [pooled[(i, j)] for j in range(len(t))], [maps[(i, j)] for j in range(len(t))], b, w, h)
             for i, (t, b, w, h) in enumerate(images)]
 
@@ -139,7 +140,8 @@ class Detector:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = checkpoint.model.to(self.device, memory_format=self.memory_format).eval()
         self.runtime = resolve(runtime, use_gpu=self.device.type != "cpu")
-        self.features = make_features(self.runtime, self.model, num_threads=num_threads or torch.get_num_threads(),
+        self.features = make_features(self.runtime, self.model, self.preset, memory_format=self.memory_format,
+                                      num_threads=num_threads or torch.get_num_threads(),
                                       cache_key=self.model_version)
 
     @classmethod

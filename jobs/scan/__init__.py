@@ -17,10 +17,11 @@ Failures print one ``scan failed: ...`` line and exit with the code of their kin
 writable, 6 scan id in use, 1 anything else); ``--debug`` adds the traceback.
 
 Pipeline (Ray Data, streaming): list on the driver (jobs.scan.listing) -> skip what earlier
-scans scored (jobs.scan.incremental, --mode incremental) -> ``fetch_and_prepare`` tasks
-(fetch, decode, preprocess; failures become error rows) -> ``Scorer`` actors (the
-model loaded once per actor; score and closed-form Grad-CAM in one forward pass;
-thumbnails) -> Parquet under a staging prefix -> published with a marker written last
+scans scored (jobs.scan.incremental, --mode incremental) -> scoring actors that fetch,
+decode and preprocess (failures become error rows; on CPU in the actor itself, decoding one
+batch while the model runs another; with GPUs in separate tasks: ``--fetch``), then load the
+model once per actor, score with the closed-form Grad-CAM in one forward pass and draw the
+thumbnails (jobs.scan.pipeline) -> Parquet under a staging prefix -> published with a marker written last
 (jobs.report.store). Report columns: jobs.report.schema. Scans of at most
 ``jobs.scan.pipeline.LOCAL_MAX_OBJECTS`` objects run the same stages in the driver process
 (``--executor auto``, the default; ``ray`` or ``local`` to choose): starting Ray Data's
@@ -57,9 +58,11 @@ from jobs.scan.listing import list_input
 from jobs.scan.pipeline import (
     FETCH_CPUS,
     choose_executor,
+    choose_fetch,
     listing_dataset,
     score_dataset,
     score_locally,
+    scorer_cpus,
 )
 from jobs.storage.manifest import Manifest
 from jobs.storage.models import load_model
@@ -169,11 +172,14 @@ def _score_and_stage(config: ScanConfig, loc: report_store.ScanLocation, blocks:
             report_store.write_staged_tables(tables, loc, rows_per_file=config.rows_per_file)
     elif rows:
         ensure_ray()
-        _check_resources(config, ray.cluster_resources())
+        fetch = choose_fetch(config.fetch, use_gpu=config.use_gpu)
+        cpus = scorer_cpus(config.cpus_per_scorer, concurrency=config.concurrency, fetch=fetch, use_gpu=config.use_gpu)
+        _check_resources(config, ray.cluster_resources(), cpus=cpus, fetch=fetch)
         ds = score_dataset(
             listing_dataset(blocks), checkpoint=ray.put(checkpoint), preset=preset, threshold=threshold, thumbnails=config.thumbnails,
-            batch_size=config.batch_size, concurrency=config.concurrency, cpus_per_scorer=config.cpus_per_scorer,
+            batch_size=config.batch_size, concurrency=config.concurrency, cpus_per_scorer=cpus,
             use_gpu=config.use_gpu, max_pixels=config.max_pixels, max_bytes=config.max_bytes, runtime=config.runtime,
+            fetch=fetch,
         )
         with cli.writing(config.output):
             report_store.write_staged(ds, loc, rows_per_file=config.rows_per_file)
@@ -188,14 +194,15 @@ def _discard(loc: report_store.ScanLocation) -> None:
         print(f"warning: could not remove {loc.attempt_uri}: {e}", file=sys.stderr, flush=True)
 
 
-def _check_resources(config: ScanConfig, resources: dict) -> None:
+def _check_resources(config: ScanConfig, resources: dict, *, cpus: float, fetch: str) -> None:
     """Warn when the pipeline cannot start on the cluster as it is now (it would wait:
     fine when an autoscaler adds nodes, a silent hang on a laptop)."""
-    need = config.concurrency * config.cpus_per_scorer + FETCH_CPUS
+    fetching = FETCH_CPUS if fetch == "tasks" else 0
+    need = config.concurrency * cpus + fetching
     if resources.get("CPU", 0) < need:
         warnings.warn(
-            f"the scan needs {need:g} CPUs ({config.concurrency} scoring actors x {config.cpus_per_scorer:g} "
-            f"+ {FETCH_CPUS:g} for fetching) and the Ray cluster has {resources.get('CPU', 0):g} now; it waits "
+            f"the scan needs {need:g} CPUs ({config.concurrency} scoring actors x {cpus:g} "
+            f"+ {fetching:g} for fetch tasks) and the Ray cluster has {resources.get('CPU', 0):g} now; it waits "
             f"for more nodes. Lower --concurrency or --cpus-per-scorer on a fixed-size cluster.", stacklevel=2)
     if config.use_gpu and resources.get("GPU", 0) < config.concurrency:
         warnings.warn(f"--use-gpu with --concurrency {config.concurrency}: the Ray cluster has "

@@ -13,7 +13,7 @@ from detector.backends import RUNTIMES, resolve
 from detector.decode import DEFAULT_MAX_PIXELS
 from jobs import cli
 from jobs.report.markers import SCAN_ID_PATTERN
-from jobs.scan.pipeline import EXECUTORS, LOCAL_MAX_OBJECTS
+from jobs.scan.pipeline import EXECUTORS, FETCH_PLACES, LOCAL_MAX_OBJECTS
 from jobs.scan.scorer import THUMBNAIL_MODES
 from jobs.storage.allowed import AllowedRoots
 
@@ -31,7 +31,7 @@ class ScanConfig:
     threshold: float | None = None  # None: the checkpoint's calibrated threshold
     batch_size: int = 32
     concurrency: int = 1
-    cpus_per_scorer: float = 1.0
+    cpus_per_scorer: float | None = None  # None: jobs.scan.pipeline.scorer_cpus (the cluster's CPUs / concurrency)
     use_gpu: bool = False
     mode: str = "full"
     thumbnails: str = "all"
@@ -39,6 +39,7 @@ class ScanConfig:
     max_bytes: int = 64 * 1024 * 1024
     scan_id: str | None = None  # None: generated from the start time
     rows_per_file: int = 5000
+    fetch: str = "auto"  # Ray Data: where objects are fetched and decoded (jobs.scan.pipeline.FETCH_PLACES)
     executor: str = "auto"  # auto: in the driver up to LOCAL_MAX_OBJECTS objects (jobs.scan.pipeline), else Ray Data
     runtime: str = "auto"  # what runs the network: detector.backends (auto: openvino on CPU when installed)
     allow_prefix: tuple[str, ...] = ()  # where manifest entries may point; () = the manifest's bucket or folder
@@ -67,7 +68,7 @@ def validate(c: ScanConfig) -> list[str]:
     for name in ("batch_size", "concurrency", "max_pixels", "max_bytes", "rows_per_file"):
         if getattr(c, name) < 1:
             p.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
-    if not c.cpus_per_scorer > 0:
+    if c.cpus_per_scorer is not None and not c.cpus_per_scorer > 0:
         p.append(f"--cpus-per-scorer must be positive, got {c.cpus_per_scorer}")
     if c.mode not in MODES:
         p.append(f"--mode must be one of {', '.join(MODES)}, got {c.mode!r}")
@@ -78,6 +79,8 @@ def validate(c: ScanConfig) -> list[str]:
             resolve(c.runtime, use_gpu=c.use_gpu)
         except ValueError as e:
             p.append(str(e))
+    if c.fetch not in FETCH_PLACES:
+        p.append(f"--fetch must be one of {', '.join(FETCH_PLACES)}, got {c.fetch!r}")
     if c.executor not in EXECUTORS:
         p.append(f"--executor must be one of {', '.join(EXECUTORS)}, got {c.executor!r}")
     if c.thumbnails not in THUMBNAIL_MODES:
@@ -97,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="flag images with P(fake) >= this (default: the checkpoint's calibrated one)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per model batch (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=d["concurrency"].default, help="scoring actors, each holding the model (default %(default)s)")
-    p.add_argument("--cpus-per-scorer", type=float, default=d["cpus_per_scorer"].default, help="CPUs each scoring actor reserves and uses as torch threads (default %(default)s)")
+    p.add_argument("--cpus-per-scorer", type=float, default=d["cpus_per_scorer"].default, help="CPUs each scoring actor reserves and uses as model threads (default: the Ray cluster's CPUs "
+                        "/ --concurrency, at most one node's; 1 with --use-gpu)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per scoring actor")
     p.add_argument("--mode", choices=MODES, default="full", help="incremental: skip objects this model already scored without error (same uri and etag)")
     p.add_argument("--thumbnails", choices=THUMBNAIL_MODES, default="all", help="which rows get a heat-map thumbnail (default all)")
@@ -111,6 +115,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=EXECUTORS, default=d["executor"].default,
                    help=f"ray: a Ray Data pipeline (scales out; ~13 s to start on 2 cores); local: fetch and score in this "
                         f"process; auto (default): local up to {LOCAL_MAX_OBJECTS} objects (GPU scans: ray)")
+    p.add_argument("--fetch", choices=FETCH_PLACES, default=d["fetch"].default,
+                   help="Ray Data scans: where objects are fetched and decoded: scorer (in the scoring actors, "
+                        "overlapping the model), tasks (separate Ray tasks: feeds GPUs from the whole cluster's CPUs); "
+                        "auto (default): scorer on CPU, tasks with --use-gpu")
     cli.add_allow_prefix_flag(p, "--manifest")
     cli.add_debug_flag(p)
     return p

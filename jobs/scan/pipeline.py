@@ -4,8 +4,10 @@ Both run the same stages on the same batches: ``jobs.scan.fetch.fetch_and_prepar
 (fetch + decode + preprocess) then ``jobs.scan.scorer.Scorer`` (model, heat maps,
 thumbnails), and both yield report rows of ``jobs.report.schema.FILE_SCHEMA``.
 
-- ``score_dataset``: Ray Data, streaming: fetch tasks, then a fixed pool of Scorer actors.
-  Scales out to a cluster and to GPUs.
+- ``score_dataset``: Ray Data, streaming, a fixed pool of scoring actors. On CPU each actor
+  fetches and decodes its own batches (``FetchScorer``, two calls at once: decoding one
+  batch while the model runs the other); with GPUs, fetch tasks on the cluster's CPUs feed
+  ``Scorer`` actors so the GPU never waits for one process's decoding (``FETCH_PLACES``).
 - ``score_locally``: in this process, fetching one batch ahead in a thread so decoding
   overlaps the model. A Ray Data scan starts fresh worker processes for its fetch
   tasks, its actors and its Parquet writer, each importing torch, torchvision and
@@ -26,9 +28,13 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.scan.fetch import fetch_and_prepare
-from jobs.scan.scorer import Scorer
+from jobs.scan.scorer import FetchScorer, Scorer
 
 EXECUTORS = ("auto", "ray", "local")
+# Where a Ray Data scan fetches and decodes: in the scoring actors ("scorer"), or in
+# separate Ray tasks ("tasks"); auto: scorer on CPU, tasks with --use-gpu.
+# benchmarks/scan_throughput.py measures both side by side.
+FETCH_PLACES = ("auto", "scorer", "tasks")
 # Up to this many objects, --executor auto scores in the driver: about what one process
 # scores (~20 img/s on 2 cores at 224 px) in the time a Ray Data scan takes to start.
 LOCAL_MAX_OBJECTS = 256
@@ -46,6 +52,30 @@ def choose_executor(executor: str, objects: int, *, use_gpu: bool) -> str:
     if executor != "auto":
         return executor
     return "local" if objects <= LOCAL_MAX_OBJECTS and not use_gpu else "ray"
+
+
+def choose_fetch(fetch: str, *, use_gpu: bool) -> str:
+    """``fetch`` with ``auto`` resolved (see ``FETCH_PLACES``)."""
+    if fetch != "auto":
+        return fetch
+    return "tasks" if use_gpu else "scorer"
+
+
+def scorer_cpus(cpus_per_scorer: float | None, *, concurrency: int, fetch: str, use_gpu: bool) -> float:
+    """CPUs each scoring actor reserves (and uses as model threads): ``cpus_per_scorer``, or
+    by default the Ray cluster's CPUs shared by the ``concurrency`` actors, at most one
+    node's, less ``FETCH_CPUS`` when fetch tasks need room; one per GPU actor (its fetch
+    tasks use the rest). Measured on 2 cores (BENCHMARKS.md): one actor with both CPUs
+    beats two with one each, which would hold two models and compile twice."""
+    if cpus_per_scorer is not None:
+        return cpus_per_scorer
+    if use_gpu:
+        return 1.0
+    import ray
+
+    node_cpus = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    free = ray.cluster_resources().get("CPU", 1) - (FETCH_CPUS if fetch == "tasks" else 0)
+    return float(max(1, min(node_cpus, int(free // concurrency))))
 
 
 def listing_dataset(blocks: list[pa.Table]) -> Any:
@@ -71,19 +101,35 @@ def score_dataset(
     max_pixels: int,
     max_bytes: int,
     runtime: str = "auto",
+    fetch: str = "auto",
 ) -> Any:
     """Listing rows (a Ray Dataset of uri, etag, size_bytes) -> report rows (FILE_SCHEMA),
-    one per input row: fetch/decode tasks, then a fixed pool of ``concurrency`` Scorer
-    actors. ``checkpoint``: an ObjectRef to the checkpoint file's bytes."""
+    one per input row, by a fixed pool of ``concurrency`` scoring actors; ``fetch``: where
+    objects are fetched and decoded (``FETCH_PLACES``). ``checkpoint``: an ObjectRef to the
+    checkpoint file's bytes."""
     import ray
 
+    fetch_kwargs = {"preset": preset, "max_pixels": max_pixels, "max_bytes": max_bytes}
+    scorer_kwargs = {"checkpoint": checkpoint, "threshold": threshold, "thumbnails": thumbnails,
+                     "use_gpu": use_gpu, "runtime": runtime}
+    if choose_fetch(fetch, use_gpu=use_gpu) == "scorer":
+        return ds.map_batches(
+            FetchScorer,
+            batch_size=batch_size,
+            batch_format="numpy",
+            # two calls per actor at once, truly concurrent: one decoding while the other is in the model
+            compute=ray.data.ActorPoolStrategy(size=concurrency, max_concurrent_calls_per_actor=2,
+                                               enable_true_multi_threading=True),
+            num_cpus=cpus_per_scorer,
+            num_gpus=1 if use_gpu else 0,
+            fn_constructor_kwargs={**scorer_kwargs, **fetch_kwargs},
+        )
     ds = ds.map_batches(
         fetch_and_prepare,
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=FETCH_CPUS,
-        fn_kwargs={"preset": preset, "max_pixels": max_pixels, "max_bytes": max_bytes,
-                   "keep_view": thumbnails != "none"},
+        fn_kwargs={**fetch_kwargs, "keep_view": thumbnails != "none"},
     )
     return ds.map_batches(
         Scorer,
@@ -92,8 +138,7 @@ def score_dataset(
         compute=ray.data.ActorPoolStrategy(size=concurrency),  # `concurrency=` is deprecated in Ray 2.51+
         num_cpus=cpus_per_scorer,
         num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "threshold": threshold, "thumbnails": thumbnails,
-                               "use_gpu": use_gpu, "runtime": runtime},
+        fn_constructor_kwargs=scorer_kwargs,
     )
 
 

@@ -49,7 +49,7 @@ def test_openvino_matches_torch(arch):
         images.append((tiles, boxes, a.shape[1], a.shape[0]))
     spread_scores(model, preset, images)
     ref = score_images(model, preset, images)
-    ov = score_images(model, preset, images, features=make_features("openvino", model, num_threads=2))
+    ov = score_images(model, preset, images, features=make_features("openvino", model, preset, num_threads=2))
     p_ref, p_ov = np.array([s.prob_fake for s in ref]), np.array([s.prob_fake for s in ov])
     assert p_ref.std() > 0.05  # scores spread out: the comparison means something
     assert np.abs(p_ref - p_ov).max() <= 0.01
@@ -70,11 +70,12 @@ def test_converted_network_is_cached_per_model_version(tmp_path, monkeypatch):
     monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path))
     torch.manual_seed(0)
     model = build_model("none", arch="resnet18-npr").eval()
-    x = torch.randn(2, 3, 64, 64)
-    first = make_features("openvino", model, num_threads=1, cache_key="sha256-test")(x)
-    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == ["sha256-test.bin", "sha256-test.xml"]
+    preset = get_preset("native")
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    first = make_features("openvino", model, preset, num_threads=1, cache_key="sha256-test")(x)
+    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == ["sha256-test-g2.bin", "sha256-test-g2.xml"]
     with torch.no_grad():
         model.fc.weight.zero_()  # the trunk is what is cached; a second load must not convert again
         model.layer1[0].conv1.weight.zero_()
-    again = make_features("openvino", model, num_threads=1, cache_key="sha256-test")(x)
+    again = make_features("openvino", model, preset, num_threads=1, cache_key="sha256-test")(x)
     torch.testing.assert_close(first, again)

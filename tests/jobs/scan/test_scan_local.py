@@ -1,4 +1,5 @@
-"""``--executor local``: small scans in the driver give the same report as Ray Data.
+"""``--executor local``: small scans in the driver give the same report as Ray Data, with
+its fetching in the scoring actors (the CPU default) or in separate tasks (``--fetch tasks``).
 
     .venv/bin/python -m pytest tests/jobs/scan/test_scan_local.py -q
 """
@@ -29,11 +30,11 @@ def scans(tmp_path_factory, ray_local):
     model = save_model(root / "model")
     expected = make_input(root / "input")
     out = {}
-    for executor in ("local", "ray"):
-        config = ScanConfig(input=str(root / "input"), model=str(model), output=str(root / executor),
-                            batch_size=4, rows_per_file=5, executor=executor, scan_id=f"s-{executor}",
+    for name, executor, fetch in (("local", "local", "auto"), ("ray", "ray", "auto"), ("ray-tasks", "ray", "tasks")):
+        config = ScanConfig(input=str(root / "input"), model=str(model), output=str(root / name),
+                            batch_size=4, rows_per_file=5, executor=executor, scan_id=f"s-{name}", fetch=fetch,
                             runtime="torch")  # compared to 1e-5 below; OpenVINO agreement: tests/detector
-        out[executor] = run(config)
+        out[name] = run(config)
     return expected, out
 
 
@@ -42,9 +43,10 @@ def _rows(summary) -> dict[str, dict]:
     return {r["uri"]: r for r in table.to_pylist()}
 
 
-def test_local_and_ray_data_reports_agree_row_for_row(scans):
+@pytest.mark.parametrize("other", ["ray", "ray-tasks"])
+def test_local_and_ray_data_reports_agree_row_for_row(scans, other):
     expected, out = scans
-    local, ray_data = out["local"], out["ray"]
+    local, ray_data = out["local"], out[other]
     assert (local.executor, ray_data.executor) == ("local", "ray")
     assert (local.listed, local.scored, local.errors) == (ray_data.listed, ray_data.scored, ray_data.errors)
     assert local.listed == len(expected) and local.errors == sum(v == ERROR for v in expected.values())

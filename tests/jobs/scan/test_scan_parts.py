@@ -142,3 +142,34 @@ def test_fetch_and_score_turn_every_failure_into_its_row(tmp_path, checkpoint_by
         assert row["error"] and row["score"] is None and row["label"] is None and row["thumbnail"] is None
         assert row["cam"] is None and row["width"] is None and row["threshold"] == 0.0
     assert rows[1]["size_bytes"] == 10**9 and rows[3]["size_bytes"] is None
+
+
+def test_fetch_scorer_gives_the_two_stages_rows_even_with_calls_at_once(tmp_path, checkpoint_bytes):
+    """The CPU pipeline's actor (fetch + score in one, two calls at once in Ray Data) gives
+    what fetch_and_prepare then Scorer give, including error rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs.scan.scorer import FetchScorer
+
+    for i in range(6):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg(color=(40 * i, 255 - 30 * i, 90), size=(48 + 8 * i, 40)))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    uris = [str(tmp_path / f"{i}.jpg") for i in range(6)] + [str(tmp_path / "bad.png")]
+    batches = [{"uri": np.array(u, dtype=object), "etag": np.array(["e"] * len(u), dtype=object),
+                "size_bytes": np.array([None] * len(u), dtype=object)} for u in (uris[:4], uris[4:])]
+    fetch = {"preset": get_preset("baseline", image_size=32).to_dict(),
+             "max_pixels": 10**6, "max_bytes": 10**6}
+    scorer = Scorer(checkpoint_bytes, thumbnails="all", runtime="torch")
+    expected = [scorer(fetch_and_prepare(b, **fetch, keep_view=True)).to_pylist() for b in batches]
+    fused = FetchScorer(checkpoint_bytes, thumbnails="all", runtime="torch", **fetch)
+    with ThreadPoolExecutor(2) as pool:
+        got = [t.to_pylist() for t in pool.map(fused, batches * 3)]
+    assert [len(g) for g in got] == [4, 3] * 3
+    for rows, want in zip(got, expected * 3):
+        for row, ref in zip(rows, want):
+            assert row["uri"] == ref["uri"] and row["error"] == ref["error"] and row["width"] == ref["width"]
+            assert (row["score"] is None) == (ref["score"] is None)
+            if ref["score"] is not None:
+                assert row["score"] == pytest.approx(ref["score"], abs=1e-6)
+                np.testing.assert_allclose(row["cam"], ref["cam"], atol=1e-6)
+    assert got[1][-1]["error"].startswith("decode:")
