@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from detector.cam import cam_weights
-from detector.model import FAKE
+from detector.model import FAKE, npr_residual
 from detector.presets import Preset
 
 RUNTIMES = ("auto", "torch", "openvino")
@@ -111,8 +111,16 @@ class ScoringGraph(nn.Module):
         self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = ((x.float() / 255.0 - self.mean.to(x.device)) / self.std.to(x.device)).contiguous(memory_format=self.memory_format)
-        a = self.model.features(x).float()
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if getattr(self.model, "spec", None) is not None and self.model.spec.input == "npr":
+            # the residual of the raw 0-255 values, then scaled: equal to the residual of the
+            # normalised input (the mean cancels), but exact in bf16 (integers up to 255),
+            # where subtracting normalised neighbours would cancel most of their precision
+            x = (npr_residual(x.float()) / (255.0 * std)).contiguous(memory_format=self.memory_format)
+            a = self.model.trunk(x).float()
+        else:
+            x = ((x.float() / 255.0 - mean) / std).contiguous(memory_format=self.memory_format)
+            a = self.model.features(x).float()
         return a.mean(dim=(2, 3)), torch.einsum("bchw,c->bhw", a, self.weights.to(a.device))
 
 

@@ -99,8 +99,10 @@ class Detector18(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised input -> (B, C, H/stride, W/stride) last-stage features."""
-        if self.spec.input == "npr":
-            x = npr_residual(x)
+        return self.trunk(npr_residual(x) if self.spec.input == "npr" else x)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """``features`` after the input transform (NPR residual or none): stem and layers."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for i in range(1, self.spec.depth + 1):
             x = getattr(self, f"layer{i}")(x)

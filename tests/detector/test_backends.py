@@ -78,4 +78,9 @@ def test_converted_network_is_cached_per_model_version(tmp_path, monkeypatch):
         model.fc.weight.zero_()  # the trunk is what is cached; a second load must not convert again
         model.layer1[0].conv1.weight.zero_()
     again = make_features("openvino", model, preset, num_threads=1, cache_key="sha256-test")(x)
-    torch.testing.assert_close(first, again)
+    changed = make_features("openvino", model, preset, num_threads=1)(x)  # the changed model, converted afresh
+    # a network read back from the cache compiles to bf16 kernels whose rounding may differ
+    # a little from the freshly converted one's; the changed model's output is far away
+    for a, b, c in zip(first, again, changed):
+        torch.testing.assert_close(b, a, atol=0.05, rtol=0)
+        assert (c - a).abs().max() > 0.5
