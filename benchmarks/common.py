@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -99,3 +100,12 @@ def start_ray(num_cpus: int, object_store_memory: int | None = 512 * 1024 * 1024
 
 def load_average() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def model_quality_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags of the scripts that measure one trained model on its validation split."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a jobs.train output")
+    p.add_argument("--data", default=str(SHARED_DATA / "sd-coco-dev"), help="the training data (its validation split is used)")
+    p.add_argument("--seed", type=int, default=0, help="the training run's --seed (its split)")
+    return p

@@ -16,7 +16,6 @@ Prints a table and one line of JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,13 +24,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import json_line  # noqa: E402
+from benchmarks.common import SHARED_DATA, json_line, model_quality_parser  # noqa: E402
 from detector.decode import decode_image  # noqa: E402
 from detector.inference import Detector  # noqa: E402
 from jobs import evaluate  # noqa: E402
 from jobs.storage.models import load_model  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16) -> dict[str, float]:
@@ -52,10 +51,7 @@ def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16) -> d
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="a jobs.train output")
-    p.add_argument("--data", default=str(SHARED / "sd-coco-dev"), help="the training data (its validation split is used)")
-    p.add_argument("--seed", type=int, default=0)
+    p = model_quality_parser(__doc__)
     p.add_argument("--runtime", default="torch", help="torch (the reference) or openvino")
     args = p.parse_args(argv)
     val = evaluate.run(evaluate.EvaluateConfig(data=args.data, model=args.model, split="validation", seed=args.seed,

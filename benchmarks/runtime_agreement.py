@@ -13,7 +13,6 @@ Prints a table and one line of JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import json_line  # noqa: E402
+from benchmarks.common import json_line, model_quality_parser  # noqa: E402
 from detector.backends import available  # noqa: E402
 from detector.decode import decode_image  # noqa: E402
 from detector.inference import Detector, ImageScore  # noqa: E402
@@ -31,7 +30,6 @@ from jobs.metrics import binary_metrics  # noqa: E402
 from jobs.storage.models import load_model  # noqa: E402
 from jobs.train.data import list_labelled  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def score_all(detector: Detector, images: list, batch: int = 16) -> list[ImageScore]:
@@ -42,10 +40,7 @@ def score_all(detector: Detector, images: list, batch: int = 16) -> list[ImageSc
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="a jobs.train output")
-    p.add_argument("--data", default=str(SHARED / "sd-coco-dev"), help="the training data (its validation split is used)")
-    p.add_argument("--seed", type=int, default=0)
+    p = model_quality_parser(__doc__)
     p.add_argument("--val-fraction", type=float, default=0.2)
     args = p.parse_args(argv)
     checkpoint = load_model(args.model)[1]
