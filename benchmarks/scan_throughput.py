@@ -195,6 +195,9 @@ def in_scan_rate(report: str) -> float:
     return (len(stamps) - counts[0]["counts"]) / seconds if seconds > 0 else float("nan")
 
 
+FIXED_S: dict[str, float] = {}  # per scan row: its fixed cost, wall time - N / steady rate
+
+
 def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
               executor: str = "auto", runtime: str = "torch", fetch: str = "auto") -> tuple[list[tuple[str, float]], str]:
     """A warm-up scan of ``args.warmup`` images, then the scan of all N. Rows: the N-image
@@ -209,10 +212,11 @@ def scan_rows(label: str, model_dir: Path, files: list[Path], tmp: Path, args,
     t_n, summary = genscan_scan(model_dir, write_manifest(files, tmp / f"{label}.csv"), tmp / label, args, len(files),
                                 executor, runtime, fetch)
     steady = in_scan_rate(summary.report)
+    FIXED_S[label] = t_n - len(files) / steady  # start-up (actors, model load and compile, planning) and publishing
     marginal = (len(files) - w) / (t_n - t_w) if t_n > t_w else float("nan")
     print(f"  {label} (--executor {executor} -> {summary.executor}): warm-up {w} images {t_w:.1f} s, {len(files)} images {t_n:.1f} s "
           f"({len(files) / t_n:.2f} img/s end to end, {steady:.2f} img/s after the first batch, "
-          f"marginal against the warm-up {marginal:.2f} img/s)", flush=True)
+          f"marginal against the warm-up {marginal:.2f} img/s; fixed cost {FIXED_S[label]:.1f} s)", flush=True)
     return [(label, len(files) / t_n), (label + "_steady", steady)], summary.executor
 
 
@@ -308,6 +312,7 @@ def main(argv=None) -> None:
         "scan_default_img_s": r[f"scan_default_{auto}"],
         "scan_default_steady_img_s": r[f"scan_default_{auto}_steady"],
         "scan_default_runtime": auto,
+        "scan_default_fixed_s": FIXED_S[f"scan_default_{auto}"],
         "scan_default_torch_img_s": r["scan_default_torch"],
         "scan_default_fetch_tasks_img_s": r[f"scan_default_{auto}_fetch_tasks"],
         "default_model": f"{arch} {default.name}",
