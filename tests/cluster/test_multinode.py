@@ -8,8 +8,8 @@ The head (1 CPU) holds the driver; the worker node (2 CPUs) joins it with
 ``ray start --address``. Each node has its own ports and temp dir, and runs in its own
 process group, which the test kills (never ``ray stop``: other Ray clusters run here).
 The scan is sized to finish on the head alone, as a cluster without an autoscaler must
-after losing a node: one 0.25-CPU scoring actor and 0.5-CPU fetch tasks (resources unlike
-the actor's, so that Ray Data does not fuse fetching into the actor). Ray Data's defaults
+after losing a node: one 0.25-CPU scoring actor and 0.5-CPU fetch tasks (``--fetch tasks``,
+the GPU clusters' default, so that work lands on both nodes). Ray Data's defaults
 do the recovery: tasks retry without limit, scoring actors restart, and lost blocks are
 rebuilt from lineage.
 
@@ -284,7 +284,7 @@ def test_scan_survives_losing_a_worker_node(tmp_path):
             "--no-wait", "--working-dir", ".",
             "--", "python", "-m", "jobs.scan", "--input", str(tmp_path / "images"), "--model", str(model),
             "--output", str(output), "--scan-id", SCAN_ID, "--batch-size", "8", "--concurrency", "1",
-            "--cpus-per-scorer", "0.25", "--rows-per-file", "50", "--executor", "ray",
+            "--cpus-per-scorer", "0.25", "--fetch", "tasks", "--rows-per-file", "50", "--executor", "ray",
         ]
         # The job API can answer before the head's job agent takes jobs: retry the same id.
         client = JobSubmissionClient(head.address)
