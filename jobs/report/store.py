@@ -113,8 +113,9 @@ def remove_empty_staging(loc: ScanLocation) -> None:
             pass
 
 
-def write_staged(dataset: Any, loc: ScanLocation, *, rows_per_file: int) -> None:
-    """Write a Ray Dataset of ``FILE_SCHEMA`` rows as Parquet under the staging folder."""
+def write_staged(dataset: Any, loc: ScanLocation, *, rows_per_file: int, write_cpus: float = 1.0) -> None:
+    """Write a Ray Dataset of ``FILE_SCHEMA`` rows as Parquet under the staging folder, in
+    Ray Data tasks of ``write_cpus`` CPUs each."""
     from ray.data.datasource import FilenameProvider
 
     class PartNames(FilenameProvider):
@@ -133,6 +134,7 @@ def write_staged(dataset: Any, loc: ScanLocation, *, rows_per_file: int) -> None
         min_rows_per_file=rows_per_file,
         max_rows_per_file=rows_per_file,
         schema=FILE_SCHEMA,
+        ray_remote_args={"num_cpus": write_cpus},
         **parquet_write_options(row_group_size=min(rows_per_file, 1000)),
     )
 

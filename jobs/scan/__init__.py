@@ -57,6 +57,7 @@ from jobs.scan.incremental import ScoredIndex
 from jobs.scan.listing import list_input
 from jobs.scan.pipeline import (
     FETCH_CPUS,
+    WRITE_CPUS,
     choose_executor,
     choose_fetch,
     listing_dataset,
@@ -182,7 +183,7 @@ def _score_and_stage(config: ScanConfig, loc: report_store.ScanLocation, blocks:
             fetch=fetch,
         )
         with cli.writing(config.output):
-            report_store.write_staged(ds, loc, rows_per_file=config.rows_per_file)
+            report_store.write_staged(ds, loc, rows_per_file=config.rows_per_file, write_cpus=WRITE_CPUS)
     return executor, rows
 
 
@@ -198,11 +199,11 @@ def _check_resources(config: ScanConfig, resources: dict, *, cpus: float, fetch:
     """Warn when the pipeline cannot start on the cluster as it is now (it would wait:
     fine when an autoscaler adds nodes, a silent hang on a laptop)."""
     fetching = FETCH_CPUS if fetch == "tasks" else 0
-    need = config.concurrency * cpus + fetching
+    need = config.concurrency * cpus + fetching + WRITE_CPUS
     if resources.get("CPU", 0) < need:
         warnings.warn(
             f"the scan needs {need:g} CPUs ({config.concurrency} scoring actors x {cpus:g} "
-            f"+ {fetching:g} for fetch tasks) and the Ray cluster has {resources.get('CPU', 0):g} now; it waits "
+            f"+ {fetching:g} for fetch tasks + {WRITE_CPUS:g} for writes) and the Ray cluster has {resources.get('CPU', 0):g} now; it waits "
             f"for more nodes. Lower --concurrency or --cpus-per-scorer on a fixed-size cluster.", stacklevel=2)
     if config.use_gpu and resources.get("GPU", 0) < config.concurrency:
         warnings.warn(f"--use-gpu with --concurrency {config.concurrency}: the Ray cluster has "

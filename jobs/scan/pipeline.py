@@ -42,6 +42,10 @@ LOCAL_MAX_OBJECTS = 256
 # that differ from the actors' keep Ray Data from fusing decoding into the model actors
 # (which would leave spare cores idle while an actor decodes).
 FETCH_CPUS = 0.5
+# Parquet write tasks ask for a quarter CPU: they mostly wait on storage, and the scoring
+# actors take the rest of a node (scorer_cpus), so writes must fit beside them or they
+# would queue until scoring ends, the rows piling up in the object store.
+WRITE_CPUS = 0.25
 # Listing rows per Ray Data input block: one fetch task each.
 MAX_BLOCK_ROWS = 256
 
@@ -64,9 +68,9 @@ def choose_fetch(fetch: str, *, use_gpu: bool) -> str:
 def scorer_cpus(cpus_per_scorer: float | None, *, concurrency: int, fetch: str, use_gpu: bool) -> float:
     """CPUs each scoring actor reserves (and uses as model threads): ``cpus_per_scorer``, or
     by default the Ray cluster's CPUs shared by the ``concurrency`` actors, at most one
-    node's, less ``FETCH_CPUS`` when fetch tasks need room; one per GPU actor (its fetch
-    tasks use the rest). Measured on 2 cores (BENCHMARKS.md): one actor with both CPUs
-    beats two with one each, which would hold two models and compile twice."""
+    node's, less room for the Parquet writes (``WRITE_CPUS``) and for fetch tasks
+    (``FETCH_CPUS``) when there are any; one per GPU actor (its fetch tasks use the rest).
+    The actor runs ``round(cpus)`` model threads. On 2 cores: 1.75, two threads."""
     if cpus_per_scorer is not None:
         return cpus_per_scorer
     if use_gpu:
@@ -74,8 +78,8 @@ def scorer_cpus(cpus_per_scorer: float | None, *, concurrency: int, fetch: str, 
     import ray
 
     node_cpus = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-    free = ray.cluster_resources().get("CPU", 1) - (FETCH_CPUS if fetch == "tasks" else 0)
-    return float(max(1, min(node_cpus, int(free // concurrency))))
+    free = ray.cluster_resources().get("CPU", 1) - WRITE_CPUS - (FETCH_CPUS if fetch == "tasks" else 0)
+    return max(0.5, min(node_cpus - WRITE_CPUS, free / concurrency))
 
 
 def listing_dataset(blocks: list[pa.Table]) -> Any:
