@@ -280,7 +280,7 @@ def main(argv=None) -> None:
         rows += scan_rows("genscan_scan_ray", tmp / "model-baseline", files, tmp, args, executor="ray")[0]
         for rt in runtimes if not args.use_gpu else ("torch",):
             rows += scan_rows(f"scan_default_{rt}", tmp / "model-default", files, tmp, args, runtime=rt)[0]
-        # the same scan with fetching in separate Ray tasks (--fetch tasks: the GPU default, the CPU default until
+        # the same scan with fetching in separate Ray tasks (--fetch tasks: the default until
         # round 3), side by side with the default's fetching in the scoring actor
         auto = resolve("auto", use_gpu=args.use_gpu)
         rows += scan_rows(f"scan_default_{auto}_fetch_tasks", tmp / "model-default", files, tmp, args, runtime=auto,

@@ -117,8 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"process; auto (default): local up to {LOCAL_MAX_OBJECTS} objects (GPU scans: ray)")
     p.add_argument("--fetch", choices=FETCH_PLACES, default=d["fetch"].default,
                    help="Ray Data scans: where objects are fetched and decoded: scorer (in the scoring actors, "
-                        "overlapping the model), tasks (separate Ray tasks: feeds GPUs from the whole cluster's CPUs); "
-                        "auto (default): scorer on CPU, tasks with --use-gpu")
+                        "overlapping the model; with --use-gpu JPEGs are decoded on the GPU), tasks (separate Ray "
+                        "tasks on the cluster's CPUs); auto (default): scorer")
     cli.add_allow_prefix_flag(p, "--manifest")
     cli.add_debug_flag(p)
     return p

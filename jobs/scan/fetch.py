@@ -6,7 +6,8 @@ row's ``error`` and flows through the scorer into the report. Between this stage
 
     uri, etag        object (str / None)
     size_bytes       int64 (B,)            -1 when unknown
-    tiles            object (B,)           raw uint8 (n, 3, h, w) model inputs (bytes), b"" on error
+    tiles            object (B,)           raw uint8 (n, 3, h, w) model inputs (bytes; a tensor on the
+                                           scoring device when it decoded them), b"" on error
     tiles_shape      int32 (B, 4)          their shape (n, 3, h, w)
     boxes            object (B,)           raw int32 (n, 4) tile boxes in the picture (bytes)
     view             object (B,)           raw uint8 h x w x 3 thumbnail base (bytes), b"" if unused
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.device_decode import decode_on_device
 from detector.errors import ImageDecodeError
 from detector.inference import prepare
 from detector.presets import preset_from_dict
@@ -41,11 +43,13 @@ def fetch_and_prepare(
     max_pixels: int,
     max_bytes: int,
     keep_view: bool,
+    device: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Listing rows (uri, etag, size_bytes) -> decoded model inputs (see the module doc).
 
-    Long because it is one stage: the output arrays, then the per-object work that must
-    turn every failure into that object's error, run in a thread pool."""
+    ``device`` (a GPU scan's scoring actor): JPEGs are decoded there in one batch
+    (detector.device_decode) and their ``tiles`` are tensors on it, not bytes; the rest,
+    and what the device cannot decode, are decoded on the CPU as usual."""
     p = preset_from_dict(preset)
     n = len(batch["uri"])
     out: dict[str, np.ndarray] = {
@@ -62,37 +66,56 @@ def fetch_and_prepare(
         "format": np.full(n, "", dtype=object),
         "error": np.full(n, "", dtype=object),
     }
+    data: list[bytes | None] = [None] * n
 
-    def one(i: int) -> None:
+    def read(i: int) -> None:
         uri, size = out["uri"][i], int(out["size_bytes"][i])
         if size > max_bytes:
             out["error"][i] = f"fetch: object is {size:,} bytes, over --max-bytes {max_bytes:,}; not downloaded"
             return
         try:
-            data = storage.read_bytes(uri, max_bytes=max_bytes)
+            data[i] = storage.read_bytes(uri, max_bytes=max_bytes)
         except Exception as e:  # noqa: BLE001 (any failure is this object's error row)
             out["error"][i] = f"fetch: {type(e).__name__}: {e}"
             return
-        out["size_bytes"][i] = len(data) if size < 0 else size
+        out["size_bytes"][i] = len(data[i]) if size < 0 else size
+
+    def on_cpu(i: int) -> None:
         try:
-            image = prepare(data, p, max_pixels=max_pixels)
+            image = prepare(data[i], p, max_pixels=max_pixels)
         except ImageDecodeError as e:
             out["error"][i] = f"decode: {e}"
             return
         except Exception as e:  # noqa: BLE001
             out["error"][i] = f"decode: {type(e).__name__}: {e}"
             return
-        out["tiles"][i] = image.tiles.numpy().tobytes()
-        out["tiles_shape"][i] = image.tiles.shape
-        out["boxes"][i] = image.boxes.astype(np.int32).tobytes()
-        if keep_view:
-            out["view"][i] = np.ascontiguousarray(image.view).tobytes()
-            out["view_hw"][i] = image.view.shape[:2]
-        out["width"][i], out["height"][i], out["format"][i] = image.width, image.height, image.format
+        _put(out, i, image.tiles.numpy().tobytes(), image.tiles.shape, image.boxes, image.view if keep_view else None,
+             image.width, image.height, image.format)
 
-    if n:
-        with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, n)) as pool:
-            list(pool.map(one, range(n)))
+    if not n:
+        return out
+    with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, n)) as pool:
+        if device is None:
+            list(pool.map(lambda i: (read(i), data[i] is not None and on_cpu(i)), range(n)))
+            return out
+        list(pool.map(read, range(n)))
+        fetched = [i for i in range(n) if data[i] is not None]
+        decoded = decode_on_device([data[i] for i in fetched], p, device, max_pixels=max_pixels)
+        for i, d in zip(fetched, decoded):
+            if d is not None:
+                tiles, boxes, view, width, height = d
+                _put(out, i, tiles, tiles.shape, boxes, view if keep_view else None, width, height, "JPEG")
+        list(pool.map(on_cpu, [i for i, d in zip(fetched, decoded) if d is None]))
     return out
 
 
+def _put(out: dict[str, np.ndarray], i: int, tiles: Any, shape: Any, boxes: np.ndarray, view: np.ndarray | None,
+         width: int, height: int, fmt: str) -> None:
+    """Row ``i``'s decoded picture into the batch arrays (tiles: bytes, or a device tensor)."""
+    out["tiles"][i] = tiles
+    out["tiles_shape"][i] = tuple(shape)
+    out["boxes"][i] = boxes.astype(np.int32).tobytes()
+    if view is not None:
+        out["view"][i] = np.ascontiguousarray(view).tobytes()
+        out["view_hw"][i] = view.shape[:2]
+    out["width"][i], out["height"][i], out["format"][i] = width, height, fmt

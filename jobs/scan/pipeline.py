@@ -6,8 +6,8 @@ thumbnails), and both yield report rows of ``jobs.report.schema.FILE_SCHEMA``.
 
 - ``score_dataset``: Ray Data, streaming, a fixed pool of scoring actors. On CPU each actor
   fetches and decodes its own batches (``FetchScorer``, two calls at once: decoding one
-  batch while the model runs the other); with GPUs, fetch tasks on the cluster's CPUs feed
-  ``Scorer`` actors so the GPU never waits for one process's decoding (``FETCH_PLACES``).
+  batch while the model runs the other; with GPUs the JPEGs are decoded on the GPU), or
+  fetch tasks on the cluster's CPUs feed ``Scorer`` actors (``--fetch tasks``).
 - ``score_locally``: in this process, fetching one batch ahead in a thread so decoding
   overlaps the model. A Ray Data scan starts fresh worker processes for its fetch
   tasks, its actors and its Parquet writer, each importing torch, torchvision and
@@ -31,8 +31,8 @@ from jobs.scan.fetch import fetch_and_prepare
 from jobs.scan.scorer import FetchScorer, Scorer
 
 EXECUTORS = ("auto", "ray", "local")
-# Where a Ray Data scan fetches and decodes: in the scoring actors ("scorer"), or in
-# separate Ray tasks ("tasks"); auto: scorer on CPU, tasks with --use-gpu.
+# Where a Ray Data scan fetches and decodes: in the scoring actors ("scorer"; with GPUs the
+# JPEGs on the GPU), or in separate Ray tasks on the cluster's CPUs ("tasks"); auto: scorer.
 # benchmarks/scan_throughput.py measures both side by side.
 FETCH_PLACES = ("auto", "scorer", "tasks")
 # Up to this many objects, --executor auto scores in the driver: about what one process
@@ -59,10 +59,9 @@ def choose_executor(executor: str, objects: int, *, use_gpu: bool) -> str:
 
 
 def choose_fetch(fetch: str, *, use_gpu: bool) -> str:
-    """``fetch`` with ``auto`` resolved (see ``FETCH_PLACES``)."""
-    if fetch != "auto":
-        return fetch
-    return "tasks" if use_gpu else "scorer"
+    """``fetch`` with ``auto`` resolved (see ``FETCH_PLACES``): in the actors, on CPU and on
+    GPU (there nvJPEG decodes far faster than the CPU cores beside it)."""
+    return "scorer" if fetch == "auto" else fetch
 
 
 def scorer_cpus(cpus_per_scorer: float | None, *, concurrency: int, fetch: str, use_gpu: bool) -> float:

@@ -125,6 +125,9 @@ class FetchScorer(Scorer):
     (~0.8 MB per 512-px picture) and no separate fetch workers to start. The model part is
     serialised by a lock: one compiled model, one inference at a time, all its threads.
 
+    With ``use_gpu`` the JPEGs of each batch are decoded on the GPU (nvJPEG, batched;
+    detector.device_decode), the rest on the CPU threads.
+
     Args: those of ``Scorer``, plus ``preset``, ``max_pixels`` and ``max_bytes`` for
     ``jobs.scan.fetch.fetch_and_prepare``.
     """
@@ -132,7 +135,8 @@ class FetchScorer(Scorer):
     def __init__(self, checkpoint: Any, *, preset: dict[str, Any], max_pixels: int, max_bytes: int, **kwargs: Any):
         super().__init__(checkpoint, **kwargs)
         self._fetch = {"preset": preset, "max_pixels": max_pixels, "max_bytes": max_bytes,
-                       "keep_view": self.thumbnails != "none"}
+                       "keep_view": self.thumbnails != "none",
+                       "device": "cuda" if kwargs.get("use_gpu") else None}  # GPU scans decode JPEGs there
         self._model_lock = threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -143,6 +147,8 @@ class FetchScorer(Scorer):
 
 def _tiles(batch: dict[str, np.ndarray], i: int) -> torch.Tensor:
     """Row ``i``'s uint8 tiles (n, 3, h, w), without copying Ray's read-only buffer."""
+    if isinstance(batch["tiles"][i], torch.Tensor):  # decoded on the scoring device (FetchScorer, GPU)
+        return batch["tiles"][i]
     with warnings.catch_warnings():  # torch warns about read-only arrays; it only reads them
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(np.frombuffer(batch["tiles"][i], np.uint8).reshape(tuple(batch["tiles_shape"][i])))

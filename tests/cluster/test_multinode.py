@@ -9,7 +9,7 @@ The head (1 CPU) holds the driver; the worker node (2 CPUs) joins it with
 process group, which the test kills (never ``ray stop``: other Ray clusters run here).
 The scan is sized to finish on the head alone, as a cluster without an autoscaler must
 after losing a node: one 0.25-CPU scoring actor and 0.5-CPU fetch tasks (``--fetch tasks``,
-the GPU clusters' default, so that work lands on both nodes). Ray Data's defaults
+separate fetch tasks, so that work lands on both nodes). Ray Data's defaults
 do the recovery: tasks retry without limit, scoring actors restart, and lost blocks are
 rebuilt from lineage.
 
