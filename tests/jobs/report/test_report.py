@@ -17,12 +17,11 @@ import io
 import re
 import shutil
 import subprocess
-from datetime import date, datetime, timezone
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -37,9 +36,10 @@ from jobs.plots import scan_histogram_png, scan_histograms_png
 from jobs.report import ReportConfig, main, run, select, table_text
 from jobs.report import store as report_store
 from jobs.report.page import json_for_script, render_page
-from jobs.report.schema import FILE_SCHEMA, REPORT_SCHEMA
+from jobs.report.schema import REPORT_SCHEMA
 from jobs.scan import ScanConfig
 from jobs.scan import run as run_scan
+from tests.helpers import publish_synthetic
 
 REPO = Path(__file__).resolve().parents[3]
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
@@ -53,45 +53,6 @@ needs_chromium = pytest.mark.skipif(
 
 
 # -- reports -----------------------------------------------------------------------------
-
-
-def jpeg(color: tuple[int, int, int], size: int = 24) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(out, format="JPEG")
-    return out.getvalue()
-
-
-def publish_synthetic(output: str, scan_id: str, day: date, uris: list[str], *, seed: int,
-                      errors: int = 1, threshold: float = 0.5, thumbnails: bool = True) -> pa.Table:
-    """Publish one scan of ``uris`` in the exact report schema; the last ``errors`` are error rows."""
-    rng = np.random.default_rng(seed)
-    n = len(uris)
-    ok = np.arange(n) < n - errors
-    score = np.where(ok, rng.random(n), np.nan).astype(np.float32)
-    flagged = [bool(s >= threshold) if o else None for s, o in zip(score, ok)]
-    thumb = jpeg((200, 40, 40)) if thumbnails else None
-    table = pa.table({
-        "uri": uris, "etag": [f"e{i}" for i in range(n)], "size_bytes": [1000 + i for i in range(n)],
-        "width": [64 if o else None for o in ok], "height": [48 if o else None for o in ok],
-        "format": ["JPEG" if o else None for o in ok],
-        "label": [None if f is None else ("fake" if f else "real") for f in flagged],
-        "score": [float(s) if o else None for s, o in zip(score, ok)], "flagged": flagged,
-        "threshold": [threshold] * n, "thumbnail": [thumb if o else None for o in ok],
-        "cam": [[0.0, 0.5, 1.0, 0.25] if o else None for o in ok],
-        "cam_width": [2 if o else None for o in ok],
-        "model_version": [f"sha256-{seed:016x}"] * n,
-        "error": [None if o else ("decode: cannot identify image file" if i % 2 else "fetch: timed out")
-                  for i, o in enumerate(ok)],
-        "scanned_at": [datetime(day.year, day.month, day.day, 3, tzinfo=timezone.utc)] * n,
-    }, schema=FILE_SCHEMA)
-    loc = report_store.ScanLocation(output, scan_id, day)
-    staged = Path(loc.staged_data_uri)
-    staged.mkdir(parents=True)
-    pq.write_table(table.slice(0, n // 2), staged / "part-00000.parquet")
-    pq.write_table(table.slice(n // 2), staged / "part-00001.parquet")
-    record = {"model_version": f"sha256-{seed:016x}", "threshold": threshold, "rows": n}
-    report_store.publish(loc, ["part-00000.parquet", "part-00001.parquet"], record)
-    return table
 
 
 @pytest.fixture(scope="module")
