@@ -199,7 +199,8 @@ def jpeg(color: tuple[int, int, int], size: int = 24) -> bytes:
 
 
 def publish_synthetic(output: str, scan_id: str, day: date, uris: list[str], *, seed: int,
-                      errors: int = 1, threshold: float = 0.5, thumbnails: bool = True) -> pa.Table:
+                      errors: int = 1, threshold: float = 0.5, thumbnails: bool = True,
+                      row_group_size: int | None = None) -> pa.Table:
     """Publish one scan of ``uris`` in the exact report schema; the last ``errors`` are error rows."""
     rng = np.random.default_rng(seed)
     n = len(uris)
@@ -224,8 +225,8 @@ def publish_synthetic(output: str, scan_id: str, day: date, uris: list[str], *, 
     loc = report_store.ScanLocation(output, scan_id, day)
     staged = Path(loc.staged_data_uri)
     staged.mkdir(parents=True)
-    pq.write_table(table.slice(0, n // 2), staged / "part-00000.parquet")
-    pq.write_table(table.slice(n // 2), staged / "part-00001.parquet")
+    pq.write_table(table.slice(0, n // 2), staged / "part-00000.parquet", row_group_size=row_group_size)
+    pq.write_table(table.slice(n // 2), staged / "part-00001.parquet", row_group_size=row_group_size)
     record = {"model_version": f"sha256-{seed:016x}", "threshold": threshold, "rows": n}
     report_store.publish(loc, ["part-00000.parquet", "part-00001.parquet"], record)
     return table

@@ -48,6 +48,7 @@ class ReviewConfig:
     scan_id: tuple[str, ...] = ()  # () every published scan
     since: date | None = None
     until: date | None = None
+    threshold: float | None = None  # None: each scan's own flags
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scan_id", tuple(self.scan_id or ()))
@@ -58,6 +59,8 @@ class ReviewConfig:
             p.append("--host is empty")
         if self.since and self.until and self.since > self.until:
             p.append(f"--since {self.since} is after --until {self.until}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails too
+            p.append(f"--threshold must be in [0, 1] (a probability), got {self.threshold}")
         if p:
             raise ValueError("; ".join(p))
 
@@ -76,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-id", action="append", default=None, help="only this scan (repeatable; default: all)")
     p.add_argument("--since", type=parse_day, help="first scan date, YYYY-MM-DD (inclusive)")
     p.add_argument("--until", type=parse_day, help="last scan date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--threshold", type=float,
+                   help="queue the images scored at least this instead of those each scan flagged "
+                        "(e.g. lower, to review near misses too)")
     cli.add_debug_flag(p)
     return p
 
@@ -110,7 +116,8 @@ def prepare(config: ReviewConfig):
         print(f"warning: listening on {config.host}, not only on this machine; use --host 127.0.0.1 and an "
               "SSH tunnel unless the network is trusted", file=sys.stderr, flush=True)
     session = ReviewSession.open(config.reports, decisions=config.decisions, reviewer=config.reviewer or _login(),
-                                 scan_ids=config.scan_id, since=config.since, until=config.until)
+                                 scan_ids=config.scan_id, since=config.since, until=config.until,
+                                 threshold=config.threshold)
     sock = server.bind(config.host, config.port)
     hosts = ["127.0.0.1", "localhost", config.host]  # Host header names, port aside (DNS rebinding)
     return session, build_app(session, token=token, hosts=hosts), sock, token

@@ -64,8 +64,9 @@ class DecisionWriter:
         self._seq = 0
         self._lock = threading.Lock()  # one app serves requests from several threads
 
-    def append(self, rows: list[dict[str, Any]]) -> str:
-        """Write ``rows`` (DECISION_SCHEMA fields; ``decided_at`` is now) as one file; its URI."""
+    def append(self, rows: list[dict[str, Any]]) -> tuple[str, pa.Table]:
+        """Write ``rows`` (DECISION_SCHEMA fields; ``decided_at`` is now) as one file: its URI
+        and the rows as written."""
         now = datetime.now(timezone.utc)
         table = pa.Table.from_pylist([{**r, "decided_at": now} for r in rows], schema=DECISION_SCHEMA)
         out = io.BytesIO()
@@ -75,7 +76,7 @@ class DecisionWriter:
             name = f"{now:%Y%m%dT%H%M%S}Z-{self.session}-{self._seq:06d}.parquet"
         target = storage.join(self.uri, name)
         storage.write_bytes(target, out.getvalue())
-        return target
+        return target, table
 
 
 def decision_files(uri: str) -> list[str]:

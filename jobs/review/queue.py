@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from jobs.report import store as report_store
@@ -48,7 +49,9 @@ class Queue:
 
     @classmethod
     def load(cls, reports: str, *, scan_ids: tuple[str, ...] = (), since: date | None = None,
-             until: date | None = None) -> Queue:
+             until: date | None = None, threshold: float | None = None) -> Queue:
+        """The queue of the published scans under ``reports`` (``scan_ids``: only those; dates
+        inclusive); ``threshold``: rows scored at least this, instead of each scan's flags."""
         if not report_store.published_scans(reports):
             raise FileNotFoundError(f"no published scans under {reports} (expected the --output of jobs.scan, "
                                     "holding _scans/)")
@@ -62,7 +65,8 @@ class Queue:
             keys = ds.get_partition_keys(fragment.partition_expression)
             for group in fragment.split_by_row_group():
                 table = group.to_table(columns=LIGHT, schema=dataset.schema)
-                flagged = np.asarray(table["flagged"].fill_null(False))
+                decided = table["flagged"] if threshold is None else pc.greater_equal(table["score"], threshold)
+                flagged = np.asarray(decided.fill_null(False))
                 if not flagged.any():
                     continue
                 df = table.filter(flagged).to_pandas()

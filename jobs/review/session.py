@@ -46,8 +46,8 @@ class ReviewSession:
 
     @classmethod
     def open(cls, reports: str, *, decisions: str | None = None, reviewer: str = "", scan_ids: tuple[str, ...] = (),
-             since: date | None = None, until: date | None = None) -> ReviewSession:
-        queue = Queue.load(reports, scan_ids=scan_ids, since=since, until=until)
+             since: date | None = None, until: date | None = None, threshold: float | None = None) -> ReviewSession:
+        queue = Queue.load(reports, scan_ids=scan_ids, since=since, until=until, threshold=threshold)
         session = cls(queue, log.DecisionWriter(log.decisions_uri(reports, decisions)), reviewer)
         session.refresh(force=True)
         return session
@@ -79,9 +79,9 @@ class ReviewSession:
         the rows as the page now shows them."""
         reviewer, items = _checked(body, len(self.queue.rows))
         rows = [{**self.queue.record(i), "decision": d, "reviewer": reviewer} for i, d in items]
-        written = self.writer.append(rows)
+        written, table = self.writer.append(rows)
         with self._lock:
-            self._add(log.read_files([written]), [written])
+            self._add(table, [written])
             decided = self._decided
         ids = pd.unique(pd.Series([i for i, _ in items])).tolist()
         return {"rows": self.queue.page(ids, decided, 0, len(ids))}

@@ -42,7 +42,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 class TrainConfig:
     data: str
     output: str
-    preset: str = "native"  # the better recipe; "baseline" is the original project (docs/QUALITY.md)
+    preset: str = "native"  # the better recipe; "baseline" is the original project (docs/QUALITY.md); None: native
     # None: the preset's recipe (RECIPES); an explicit value overrides it.
     epochs: int | None = None
     batch_size: int | None = None  # global: split evenly over the workers
@@ -71,6 +71,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_prefix", tuple(self.allow_prefix or ()))  # the flag gives a list or None
+        if self.preset is None:  # the flag's "not given" (--init-from then takes the model's)
+            object.__setattr__(self, "preset", "native")
         problems = cli.uri_problems(data=self.data, output=self.output, weights=self.weights, init_from=self.init_from)
         if self.init_from and self.weights != "none":
             problems.append("--init-from and --weights both give the initial weights; give one")

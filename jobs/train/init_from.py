@@ -38,7 +38,7 @@ def adopt(args: dict[str, Any]) -> dict[str, Any]:
     """The train flags ``args`` with what ``--init-from`` fixes filled in from its checkpoint
     (unchanged without ``--init-from``). CheckpointError: missing, damaged or contradicted."""
     if not args.get("init_from"):
-        return {k: v for k, v in args.items() if not (k == "preset" and v is None)}
+        return args
     checkpoint = _load(args["init_from"])
     fixed = {"arch": architecture(checkpoint), "preset": checkpoint.preset.name}
     _check(args, fixed, args["init_from"])
