@@ -214,7 +214,7 @@ def _run_steps(config: DemoConfig, work: Path, start: float) -> None:
 
     _step(8, f"copy the Parquet reports to {work / 'report'}")
     files = storage.download_dir(SCANS, work / "report")
-    print(f"{files} files (Parquet under scan_date=.../scan_id=..., markers under _scans/)", flush=True)
+    print(f"{files} files (Parquet under scan_date=.../scan_id=..., markers under _scans/, decisions under _decisions/)", flush=True)
     _maybe_fail(config, "download")
     _summary(config, work, first, second, record, loop, time.monotonic() - start)
 

@@ -43,8 +43,8 @@ class ExportResult:
     out: str
 
     def text(self) -> str:
-        return (f"exported {self.fake + self.real} decided images to {self.out}: {self.fake} fake (generated), "
-                f"{self.real} real (false positives); left out {self.unsure} unsure")
+        return (f"exported {self.fake + self.real} decided images to {self.out}: {self.fake} fake (decided generated), "
+                f"{self.real} real; left out {self.unsure} unsure")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

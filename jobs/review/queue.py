@@ -113,7 +113,7 @@ class Queue:
                 "model_version": printable(r["model_version"] or ""),
                 "decision": None if pd.isna(d["decision"]) else d["decision"],
                 "reviewer": None if pd.isna(d["reviewer"]) else printable(d["reviewer"]),
-                "decided_at": None if pd.isna(d["decided_at"]) else pd.Timestamp(d["decided_at"]).isoformat(),
+                "decided_at": None if pd.isna(d["decided_at"]) else f"{pd.Timestamp(d['decided_at']):%Y-%m-%d %H:%M:%S} UTC",
             })
         return out
 

@@ -104,7 +104,7 @@ def test_the_app_and_export_on_s3(tmp_path, s3_server, s3_env, capsys):
     with running(ReviewConfig(reports=reports)) as app:  # another session reads them from S3
         assert app.json("/api/queue?undecided=1&limit=200")["total"] == app.json("/api/meta")["counts"]["flagged"] - 3
     assert review_main(["export", "--reports", reports, "--out", f"{bucket}/labels.csv"]) == 0
-    assert "1 fake (generated), 1 real (false positives); left out 1 unsure" in capsys.readouterr().out
+    assert "1 fake (decided generated), 1 real; left out 1 unsure" in capsys.readouterr().out
     assert storage.read_bytes(f"{bucket}/labels.csv").decode().count("\n") == 3  # header + 2
     review = {r.scan_id: r for r in run_report(ReportConfig(input=reports)).reviews}
     assert review["scan-1"].reviewed == 3 and review["scan-1"].precision == 0.5
