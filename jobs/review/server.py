@@ -50,7 +50,10 @@ def url(sock: socket.socket, token: str | None) -> str:
 
 def serve(app, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` until Ctrl-C or SIGTERM."""
-    uvicorn.Server(_config(app)).run(sockets=[sock])
+    try:
+        uvicorn.Server(_config(app)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then raises the Ctrl-C it caught again
+        print("stopped", flush=True)
 
 
 @contextlib.contextmanager

@@ -150,6 +150,7 @@ def test_summary_per_scan_and_filters_match_pandas(synthetic):
         expected = {i: (g.scan_date.iloc[0], len(g), int(g.flagged.fillna(False).astype(bool).sum()),
                         int(g.error.notna().sum()), float(g.threshold.iloc[0])) for i, g in want.groupby("scan_id")}
         assert got == expected, config
+        assert result.text().splitlines()[0] == f"{len(expected)} scans, {len(want)} images selected"
     assert [s.threshold for s in run(ReportConfig(input=synthetic)).scans] == pytest.approx([0.5, 0.5, 0.7])
 
 
