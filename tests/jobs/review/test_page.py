@@ -57,21 +57,24 @@ def test_decide_by_click_and_keyboard_undo_reload_filter(reports, tmp_path):
         b.wait(f"{ROWS}[2].querySelector('td.decision').textContent.startsWith('unsure')")
         b.key("z")  # undo: the third is undecided again
         b.wait(f"{ROWS}[2].querySelector('td.decision').textContent.startsWith('undecided')")
+        assert rows(b)[2]["current"]  # undo went back to the image it undid
+        b.key("g")  # generated, by key this time
+        b.wait(f"{ROWS}[2].querySelector('td.decision').textContent.startsWith('generated')")
 
         log = read_decisions(os.path.join(reports, "_decisions")).to_pandas().sort_values("decided_at")
         by_uri = {u: s for u, s in zip(app.session.queue.rows["uri"], app.session.queue.rows.index)}
         got = [(int(by_uri[u]), dec) for u, dec in zip(log["uri"], log["decision"])]
-        assert got == [(a, "generated"), (c, "real"), (d, "unsure"), (d, "cleared")]
+        assert got == [(a, "generated"), (c, "real"), (d, "unsure"), (d, "cleared"), (d, "generated")]
         assert set(log["reviewer"]) == {"chromium"}
 
         b.send("Page.reload", session=True)  # the decisions are still there
         b.wait(READY)
         decided = {r["id"]: r["decision"] for r in rows(b)}
-        assert decided[a] == "generated" and decided[c] == "real (false positive)" and decided[d] == "undecided"
+        assert decided[a] == "generated" and decided[c] == "real (false positive)" and decided[d] == "generated"
 
         b.click("#undecided")  # filter: undecided only
-        b.wait(f"!{ROWS}.some(tr => ['{a}', '{c}'].includes(tr.dataset.id))")
-        assert b.js("document.querySelector('#range').textContent").endswith(f"of {total - 2}")
+        b.wait(f"!{ROWS}.some(tr => ['{a}', '{c}', '{d}'].includes(tr.dataset.id))")
+        assert b.js("document.querySelector('#range').textContent").endswith(f"of {total - 3}")
 
         b.js("(() => { const p = document.querySelector('#prefix'); p.value = 's3://up/h/';"
              " p.dispatchEvent(new Event('change')); })()")
@@ -83,4 +86,4 @@ def test_decide_by_click_and_keyboard_undo_reload_filter(reports, tmp_path):
         html = b.js("document.documentElement.outerHTML")
         assert "\u202e" not in html and "\u200b" not in html and b.js("document.querySelectorAll('[onerror]').length") == 0
         assert json.dumps(app.json("/api/meta")["counts"]) == json.dumps(
-            {"flagged": total, "generated": 1, "real": 1, "unsure": 0})
+            {"flagged": total, "generated": 2, "real": 1, "unsure": 0})
