@@ -88,15 +88,18 @@ def decision_files(uri: str) -> list[str]:
         return []
 
 
-def read_files(files: Iterable[str]) -> pa.Table:
-    """The rows of ``files`` in DECISION_SCHEMA (a file of another shape is an error naming it)."""
+def read_files(files: Iterable[str], *, bad: list[str] | None = None) -> pa.Table:
+    """The rows of ``files`` in DECISION_SCHEMA. A file of another shape is a ValueError
+    naming it, or, with ``bad``, left out and described there."""
     tables = []
     for f in files:
         try:
             tables.append(pq.read_table(io.BytesIO(storage.read_bytes(f))).select(DECISION_SCHEMA.names)
                           .cast(DECISION_SCHEMA))
         except (pa.ArrowException, KeyError, ValueError) as e:
-            raise ValueError(f"{f} is not a decisions file ({e})") from None
+            if bad is None:
+                raise ValueError(f"{f} is not a decisions file ({e})") from None
+            bad.append(f"{f} is not a decisions file ({e})")
     return pa.concat_tables(tables) if tables else DECISION_SCHEMA.empty_table()
 
 

@@ -9,6 +9,7 @@ reads only files it has not read yet, at most every ``REFRESH_S`` seconds.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import unicodedata
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from jobs.report.summary import printable
 from jobs.review import decisions as log
 from jobs.review.queue import Queue, QueueFilter
 
@@ -57,7 +59,10 @@ class ReviewSession:
         if not force and time.monotonic() - self._refreshed < REFRESH_S:
             return
         files = [f for f in log.decision_files(self.writer.uri) if f not in self._seen]
-        new = log.read_files(files)
+        bad: list[str] = []
+        new = log.read_files(files, bad=bad)  # one damaged file must not stop the review
+        for problem in bad:
+            print(f"warning: {printable(problem)}; left out", file=sys.stderr, flush=True)
         with self._lock:
             self._add(new, files)
             self._refreshed = time.monotonic()

@@ -194,3 +194,18 @@ def test_bad_flags_fail_clearly(tmp_path, capsys):
     assert e.value.code == 2 and "--reports is empty" in capsys.readouterr().err
     assert main(["--reports", str(tmp_path / "nothing"), "--port", "0"]) == 1
     assert "review failed" in capsys.readouterr().err
+
+
+def test_a_damaged_decisions_file_is_left_out_by_the_app_and_stops_the_export(reports, tmp_path, capsys):
+    with running(ReviewConfig(reports=reports)) as app:
+        app.decide([(0, "generated")])
+    damaged = os.path.join(reports, "_decisions", "20260101T000000Z-x-000001.parquet")
+    with open(damaged, "wb") as f:
+        f.write(b"PAR1 not really parquet")
+    with running(ReviewConfig(reports=reports)) as app:
+        assert app.json("/api/meta")["counts"]["generated"] == 1  # the good file still counts
+    assert "is not a decisions file" in capsys.readouterr().err
+    assert main(["export", "--reports", reports, "--out", str(tmp_path / "labels.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "review export failed" in err and damaged in err
+    assert not (tmp_path / "labels.csv").exists()
