@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -15,7 +16,7 @@ import pytest
 from jobs.report import ReportConfig
 from jobs.report import run as run_report
 from jobs.report.store import open_reports
-from jobs.review import ReviewConfig, main
+from jobs.review import ReviewConfig, main, prepare, server
 from jobs.review.decisions import decision_files, latest, read_decisions
 from jobs.review.queue import Queue, QueueFilter
 from tests.helpers import publish_synthetic
@@ -209,3 +210,12 @@ def test_a_damaged_decisions_file_is_left_out_by_the_app_and_stops_the_export(re
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "review export failed" in err and damaged in err
     assert not (tmp_path / "labels.csv").exists()
+
+
+def test_only_loopback_hosts_go_without_a_warning(reports, monkeypatch, capsys):
+    assert [server.is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.0.2")] == [True] * 4
+    assert [server.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com")] == [False] * 4
+    bound = []
+    monkeypatch.setattr(server, "bind", lambda host, port: bound.append(host) or socket.socket())
+    prepare(ReviewConfig(reports=reports, host="0.0.0.0"))[2].close()  # never really listens outside
+    assert bound == ["0.0.0.0"] and "warning: listening on 0.0.0.0" in capsys.readouterr().err
