@@ -15,7 +15,9 @@ rows at or above it). Flag rate = flagged / scored (error rows have no score).
 Exports hold exactly the selected rows: ``--parquet`` every column (``REPORT_SCHEMA``),
 ``--csv`` all but the binary ``thumbnail`` and ``cam``. Output files may be local or
 ``s3://``. When moderators have recorded decisions (``python -m jobs.review``), a table
-per scan says how many flagged images were reviewed and the share confirmed generated. The review page: jobs.report.page. How analysts query the reports: docs/ANALYSTS.md.
+per scan says how many flagged images were reviewed and the share confirmed generated
+(jobs/report/reviewed.py). The review page: jobs.report.page. How analysts query the
+reports: docs/ANALYSTS.md.
 """
 
 from __future__ import annotations

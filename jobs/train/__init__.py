@@ -9,6 +9,10 @@
     # small images, two CPU workers, three epochs
     python -m jobs.train --data ../shared/data/cifake-4k/manifest.csv --output /tmp/detector \\
         --image-size 32 --num-workers 2 --epochs 3
+    # fine-tune an earlier model on the moderators' decisions (jobs.review export): its
+    # architecture and preset are kept (jobs/train/init_from.py)
+    python -m jobs.train --data labels.csv --init-from s3://models/detector-v1 \\
+        --output s3://models/detector-v2 --allow-prefix s3://uploads --epochs 2
     # a cluster: S3 in and out, GPU workers
     ray job submit --working-dir . -- python -m jobs.train --data s3://labelled/ \\
         --output s3://models/detector-v3 --num-workers 8 --use-gpu --max-failures 3
