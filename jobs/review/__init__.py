@@ -119,7 +119,10 @@ def prepare(config: ReviewConfig):
                                  scan_ids=config.scan_id, since=config.since, until=config.until,
                                  threshold=config.threshold)
     sock = server.bind(config.host, config.port)
-    hosts = ["127.0.0.1", "localhost", config.host]  # Host header names, port aside (DNS rebinding)
+    # The Host names a loopback app answers to (a DNS-rebinding page cannot pose as one);
+    # elsewhere clients use names this process cannot know, and the token guards it.
+    loopback = server.is_loopback(config.host) and ":" not in config.host
+    hosts = ["127.0.0.1", "localhost", config.host] if loopback else ["*"]
     return session, build_app(session, token=token, hosts=hosts), sock, token
 
 
