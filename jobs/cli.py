@@ -93,8 +93,13 @@ def parse_config(parser: argparse.ArgumentParser, make_config: Callable[..., Any
     config built; a ValueError from its validation is a bad flag (one line, exit 2)."""
     args = vars(parser.parse_args(argv))
     debug = args.pop("debug", False)
+    return build_config(parser, make_config, args), debug
+
+
+def build_config(parser: argparse.ArgumentParser, make_config: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """``make_config(**args)``; a ValueError from its validation is a bad flag (one line, exit 2)."""
     try:
-        return make_config(**args), debug
+        return make_config(**args)
     except ValueError as e:
         parser.error(str(e))  # exits 2
 

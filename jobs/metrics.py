@@ -6,7 +6,9 @@ such that at most ``floor(fpr * n_real)`` real images have ``P(fake) >= t`` (the
 flags ``score >= threshold``). Ties at the boundary are all left unflagged, so the
 achieved rate never exceeds the target. At the edges: a target of 1 (or more real
 images allowed than there are) gives 0.0, flagging everything; no real scores at all
-give 0.5, the argmax rule, since there is nothing to calibrate on.
+give 0.5, the argmax rule, since there is nothing to calibrate on; a real image that must
+stay unflagged but scored 1.0 (a saturated model) gives 1.0, the largest probability (a
+checkpoint's threshold must lie in [0, 1]), and only scores of exactly 1.0 are flagged.
 
     python -c "from jobs.metrics import calibrate_threshold as c; import numpy as np; print(c(np.r_[.1,.2,.9], .34))"
 """
@@ -30,8 +32,8 @@ def calibrate_threshold(real_scores: np.ndarray, target_fpr: float) -> float:
     allowed = math.floor(target_fpr * len(scores) + 1e-9)
     if allowed >= len(scores):
         return 0.0
-    # Just above the highest real score that must stay unflagged.
-    return float(np.nextafter(scores[allowed], np.float32(np.inf)))
+    # Just above the highest real score that must stay unflagged, and never above 1.
+    return min(1.0, float(np.nextafter(scores[allowed], np.float32(np.inf))))
 
 
 def validation_metrics(prob_fake: np.ndarray, labels: np.ndarray, losses: np.ndarray,

@@ -11,10 +11,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,8 @@ from detector.checkpoint import save_checkpoint
 from detector.model import build_model
 from detector.presets import get_preset
 from jobs.demo.s3_server import SeaweedS3Server
+from jobs.report import store as report_store
+from jobs.report.schema import FILE_SCHEMA
 from tests.corpus import ERROR, SCORED, make_corpus
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -185,3 +190,43 @@ def small_images(folder: Path, n: int = 3, prefix: str = "img") -> list[Path]:
     for i, p in enumerate(paths):
         make_image(40, 32, seed=i).save(p, quality=90)
     return paths
+
+
+def jpeg(color: tuple[int, int, int], size: int = 24) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def publish_synthetic(output: str, scan_id: str, day: date, uris: list[str], *, seed: int,
+                      errors: int = 1, threshold: float = 0.5, thumbnails: bool = True,
+                      row_group_size: int | None = None) -> pa.Table:
+    """Publish one scan of ``uris`` in the exact report schema; the last ``errors`` are error rows."""
+    rng = np.random.default_rng(seed)
+    n = len(uris)
+    ok = np.arange(n) < n - errors
+    score = np.where(ok, rng.random(n), np.nan).astype(np.float32)
+    flagged = [bool(s >= threshold) if o else None for s, o in zip(score, ok)]
+    thumb = jpeg((200, 40, 40)) if thumbnails else None
+    table = pa.table({
+        "uri": uris, "etag": [f"e{i}" for i in range(n)], "size_bytes": [1000 + i for i in range(n)],
+        "width": [64 if o else None for o in ok], "height": [48 if o else None for o in ok],
+        "format": ["JPEG" if o else None for o in ok],
+        "label": [None if f is None else ("fake" if f else "real") for f in flagged],
+        "score": [float(s) if o else None for s, o in zip(score, ok)], "flagged": flagged,
+        "threshold": [threshold] * n, "thumbnail": [thumb if o else None for o in ok],
+        "cam": [[0.0, 0.5, 1.0, 0.25] if o else None for o in ok],
+        "cam_width": [2 if o else None for o in ok],
+        "model_version": [f"sha256-{seed:016x}"] * n,
+        "error": [None if o else ("decode: cannot identify image file" if i % 2 else "fetch: timed out")
+                  for i, o in enumerate(ok)],
+        "scanned_at": [datetime(day.year, day.month, day.day, 3, tzinfo=timezone.utc)] * n,
+    }, schema=FILE_SCHEMA)
+    loc = report_store.ScanLocation(output, scan_id, day)
+    staged = Path(loc.staged_data_uri)
+    staged.mkdir(parents=True)
+    pq.write_table(table.slice(0, n // 2), staged / "part-00000.parquet", row_group_size=row_group_size)
+    pq.write_table(table.slice(n // 2), staged / "part-00001.parquet", row_group_size=row_group_size)
+    record = {"model_version": f"sha256-{seed:016x}", "threshold": threshold, "rows": n}
+    report_store.publish(loc, ["part-00000.parquet", "part-00001.parquet"], record)
+    return table

@@ -14,8 +14,13 @@ and ``reports``, fills ``s3://labelled/`` and ``s3://uploads/`` with sample imag
 2. ``jobs.scan --input s3://uploads/ --model s3://models/detector --output s3://reports/scans``
 3. new images land in ``s3://uploads/``; the same scan with ``--mode incremental``
    scores only those
-4. ``jobs.report --input s3://reports/scans --html <workdir>/review.html --histogram ...``
-5. the reports are copied to ``<workdir>/report/`` for DuckDB, pandas or Spark.
+4. the review loop (jobs/demo/review_loop.py): decisions recorded through the review
+   app's HTTP API, ``jobs.review export`` to ``<workdir>/labels.csv``, and
+   ``jobs.train --init-from s3://models/detector --output s3://models/detector-v2``
+5. ``jobs.report --input s3://reports/scans --html <workdir>/review.html --histogram ...``
+   (with the moderators' precision per scan)
+6. the reports (and decisions) are copied to ``<workdir>/report/`` for DuckDB, pandas or
+   Spark, and the command that opens the review app on them is printed.
 
 The server is stopped at the end, on failure, on Ctrl+C and on SIGTERM. Each run starts
 from empty buckets (the previous ``<workdir>/s3`` and ``<workdir>/report`` are removed).
@@ -37,8 +42,8 @@ from jobs.demo import local_ray
 
 BUCKETS = ("labelled", "uploads", "models", "reports")
 LABELLED, UPLOADS = "s3://labelled/", "s3://uploads/"
-MODEL, SCANS = "s3://models/detector", "s3://reports/scans"
-STEPS = ("server", "samples", "train", "scan", "incremental", "report", "download")
+MODEL, SCANS, TUNED = "s3://models/detector", "s3://reports/scans", "s3://models/detector-v2"
+STEPS = ("server", "samples", "train", "scan", "incremental", "review", "report", "download")
 # Ray and the jobs start with defaults meant for real clusters; on a laptop the demo
 # caps the object store and keeps Ray Data's progress bars off its output.
 OBJECT_STORE_BYTES = 512 * 1024 * 1024
@@ -126,7 +131,7 @@ def run(config: DemoConfig) -> None:
     work = Path(config.workdir).resolve()
     for old in ("s3", "report"):  # a second run starts from empty buckets
         shutil.rmtree(work / old, ignore_errors=True)
-    for old in ("review.html", "scores.png"):  # never left over from an earlier run
+    for old in ("review.html", "scores.png", "labels.csv"):  # never left over from an earlier run
         (work / old).unlink(missing_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     server = SeaweedS3Server(work / "s3")
@@ -194,16 +199,24 @@ def _run_steps(config: DemoConfig, work: Path, start: float) -> None:
     print(f"incremental: scored only the {new} new images, skipped the {second.skipped} already scored", flush=True)
     _maybe_fail(config, "incremental")
 
+    _step(6, f"review loop: decisions through the review app, jobs.review export, jobs.train --init-from {MODEL}")
+    from jobs.demo.review_loop import review_loop
+
+    loop = review_loop(scans=SCANS, model=MODEL, tuned=TUNED, labels=str(work / "labels.csv"), uploads=UPLOADS,
+                       batch_size=config.batch_size)
+    _on_signals(_interrupt)
+    _maybe_fail(config, "review")
+
     html, histogram = work / "review.html", work / "scores.png"
-    _step(6, f"report: jobs.report --input {SCANS} --html {html} --histogram {histogram}")
+    _step(7, f"report: jobs.report --input {SCANS} --html {html} --histogram {histogram}")
     _report(["--input", SCANS, "--html", str(html), "--histogram", str(histogram)])
     _maybe_fail(config, "report")
 
-    _step(7, f"copy the Parquet reports to {work / 'report'}")
+    _step(8, f"copy the Parquet reports to {work / 'report'}")
     files = storage.download_dir(SCANS, work / "report")
-    print(f"{files} files (Parquet under scan_date=.../scan_id=..., markers under _scans/)", flush=True)
+    print(f"{files} files (Parquet under scan_date=.../scan_id=..., markers under _scans/, decisions under _decisions/)", flush=True)
     _maybe_fail(config, "download")
-    _summary(config, work, first, second, record, time.monotonic() - start)
+    _summary(config, work, first, second, record, loop, time.monotonic() - start)
 
 
 def _report(argv: list[str]) -> None:
@@ -219,14 +232,15 @@ def _report(argv: list[str]) -> None:
         raise RuntimeError(f"jobs.report {' '.join(argv)} failed (exit {code})")
 
 
-def _summary(config: DemoConfig, work: Path, first, second, record: dict, seconds: float) -> None:
+def _summary(config: DemoConfig, work: Path, first, second, record: dict, loop, seconds: float) -> None:
     rel = os.path.relpath(work) if work.is_relative_to(Path.cwd()) else str(work)
-    parquet = f"{rel}/report/**/*.parquet"
+    parquet = f"{rel}/report/scan_date=*/scan_id=*/*.parquet"  # not _decisions/: another table
     # The samples' folder (s3://uploads/<real|fake>/...) is the truth: a confusion table.
     query = (f"SELECT split_part(uri, '/', 4) AS truth, label AS predicted, count(*) AS images, "
              f"round(avg(score), 3) AS mean_score FROM read_parquet('{parquet}', hive_partitioning=true) "
              f"GROUP BY ALL ORDER BY ALL")
-    _step(8, f"done in {seconds:.0f} s")
+    _step(9, f"done in {seconds:.0f} s")
+    python = sys.executable if not _in_venv() else ".venv/bin/python"
     print(f"""\
 trained   {MODEL} (val accuracy {record['best']['val_accuracy']:.3f}, {config.epochs} epochs)
 scanned   {first.listed} images, then {second.scored + second.errors} new ones incrementally; \
@@ -234,9 +248,12 @@ scanned   {first.listed} images, then {second.scored + second.errors} new ones i
 Parquet   {rel}/report/  (one row per image: uri, label, score, flagged, thumbnail, cam, ...)
 review    {rel}/review.html  (flagged images with their heat maps; open it in a browser)
 histogram {rel}/scores.png
+reviewed  {sum(loop.decided.values())} images through the review app; {rel}/labels.csv; fine-tuned {TUNED} \
+(val accuracy {loop.trained['best']['val_accuracy']:.3f})
 
 try:
-  {sys.executable if not _in_venv() else '.venv/bin/python'} -c "import duckdb; print(duckdb.sql(\\"{query}\\"))"
+  {python} -c "import duckdb; print(duckdb.sql(\\"{query}\\"))"
+  {python} -m jobs.review --reports {rel}/report      # the review queue in your browser (prints its URL)
 """, flush=True)
 
 
@@ -249,7 +266,7 @@ def _keep_serving(server) -> None:
 
 
 def _step(n: int, title: str) -> None:
-    print(f"\n== {n}/8 {title}", flush=True)
+    print(f"\n== {n}/9 {title}", flush=True)
 
 
 def _maybe_fail(config: DemoConfig, step: str) -> None:

@@ -14,7 +14,10 @@ pushed down to the Parquet scan: ``--since``/``--until`` (scan dates, inclusive)
 rows at or above it). Flag rate = flagged / scored (error rows have no score).
 Exports hold exactly the selected rows: ``--parquet`` every column (``REPORT_SCHEMA``),
 ``--csv`` all but the binary ``thumbnail`` and ``cam``. Output files may be local or
-``s3://``. The review page: jobs.report.page. How analysts query the reports: docs/ANALYSTS.md.
+``s3://``. When moderators have recorded decisions (``python -m jobs.review``), a table
+per scan says how many flagged images were reviewed and the share confirmed generated
+(jobs/report/reviewed.py). The review page: jobs.report.page. How analysts query the
+reports: docs/ANALYSTS.md.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import date
 from jobs import cli, storage
 from jobs.report import exports
 from jobs.report import store as report_store
+from jobs.report.reviewed import ScanReview, reviews_text, scan_reviews
 from jobs.report.selection import HTML_ROWS, LIGHT_COLUMNS, ReportConfig, select
 from jobs.report.summary import (
     ScanStats,
@@ -45,10 +49,11 @@ class ReportResult:
     top: tuple[tuple[float, str, str], ...]  # (score, scan_id, uri), highest first
     rows: int  # rows selected
     written: tuple[str, ...]  # output files
+    reviews: tuple[ScanReview, ...] = ()  # the moderators' decisions per scan (jobs.review), if any
 
     def text(self) -> str:
-        """The summary and top-N tables, as printed."""
-        return summary_text(self.scans, self.top, self.rows)
+        """The summary and top-N tables, as printed, and the moderators' decisions."""
+        return summary_text(self.scans, self.top, self.rows) + reviews_text(self.reviews)
 
 
 def parse_day(text: str) -> date:
@@ -102,7 +107,8 @@ def run(config: ReportConfig) -> ReportResult:
     with cli.writing("the export files"):
         models = {m["scan_id"]: m["config"]["model"] for m in markers if isinstance((m.get("config") or {}).get("model"), str)}
         _write_exports(config, dataset, light, scans, written, models)
-    return ReportResult(scans=tuple(scans), top=top_flagged(light, config.top), rows=light.num_rows, written=tuple(written))
+    return ReportResult(scans=tuple(scans), top=top_flagged(light, config.top), rows=light.num_rows,
+                        written=tuple(written), reviews=scan_reviews(light, config.input))
 
 
 def _write_exports(config: ReportConfig, dataset, light, scans, written: list[str], models: dict[str, str]) -> None:

@@ -67,12 +67,12 @@ def summary_text(scans, top, rows: int) -> str:
 
     headers = ["scan_id", "date", "model_version", "images", "flagged", "errors", "flag rate", "threshold",
                *(f"p{round(q * 100)}" for q in QUANTILES), "max"]
-    rows = [[s.scan_id, s.scan_date, s.model_version, str(s.images), str(s.flagged), str(s.errors),
-             "-" if s.flag_rate is None else f"{s.flag_rate:.1%}", num(s.threshold),
-             *(num(q) for q in s.quantiles), num(s.max_score)] for s in scans]
-    lines = [f"{len(scans)} scans, {rows} images selected"]
+    cells = [[s.scan_id, s.scan_date, s.model_version, str(s.images), str(s.flagged), str(s.errors),
+              "-" if s.flag_rate is None else f"{s.flag_rate:.1%}", num(s.threshold),
+              *(num(q) for q in s.quantiles), num(s.max_score)] for s in scans]
+    lines = [f"{len(scans)} scans, {rows} images selected"]  # rows: the count, not the table
     if rows:
-        lines.append(table_text(headers, rows, right=set(range(3, len(headers)))))
+        lines.append(table_text(headers, cells, right=set(range(3, len(headers)))))
     if top:
         lines += ["", f"top {len(top)} flagged (highest score first)",
                   table_text(["score", "scan_id", "uri"], [[f"{s:.4f}", i, u] for s, i, u in top], right={0})]

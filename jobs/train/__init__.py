@@ -9,6 +9,10 @@
     # small images, two CPU workers, three epochs
     python -m jobs.train --data ../shared/data/cifake-4k/manifest.csv --output /tmp/detector \\
         --image-size 32 --num-workers 2 --epochs 3
+    # fine-tune an earlier model on the moderators' decisions (jobs.review export): its
+    # architecture and preset are kept (jobs/train/init_from.py)
+    python -m jobs.train --data labels.csv --init-from s3://models/detector-v1 \\
+        --output s3://models/detector-v2 --allow-prefix s3://uploads --epochs 2
     # a cluster: S3 in and out, GPU workers
     ray job submit --working-dir . -- python -m jobs.train --data s3://labelled/ \\
         --output s3://models/detector-v3 --num-workers 8 --use-gpu --max-failures 3
@@ -71,6 +75,7 @@ from detector.model import ARCHITECTURES, build_model
 from detector.presets import PRESETS
 from jobs import cli, storage
 from jobs.runtime import ensure_ray
+from jobs.train import init_from
 from jobs.train.config import OPTIMIZERS, RECIPES, SCHEDULES, SELECT_BY, TrainConfig
 from jobs.train.data import LabelledData, list_labelled
 from jobs.train.loop import train_loop
@@ -88,8 +93,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 allow_abbrev=False)  # --epoch must fail, not mean --epochs
     p.add_argument("--data", required=True, help="labelled images: folder, s3:// prefix, or CSV/Parquet manifest")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for the checkpoint, metrics and curves")
-    p.add_argument("--preset", default=d["preset"].default, choices=sorted(PRESETS),
-                   help="preprocessing preset; it also picks the recipe defaults below (None = the preset's: "
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help=f"preprocessing preset (default: {d['preset'].default}, or --init-from's); it also picks "
+                        "the recipe defaults below (None = the preset's: "
                         + "; ".join(f"{k}: {v}" for k, v in RECIPES.items()) + ")")
     p.add_argument("--epochs", type=int, default=None, help="epochs to train (in total, when resuming)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size")
@@ -113,6 +119,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="validation metric that picks the epoch published (the original: val_accuracy)")
     p.add_argument("--weights", default=d["weights"].default,
                    help="initial weights: none (random), imagenet (torchvision's, needs the internet once) or a local file")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune this genscan model (a training output or its model.safetensors, local or s3://); "
+                        "its architecture and preset are kept")
     p.add_argument("--num-workers", type=int, default=d["num_workers"].default, help="Ray Train workers (data-parallel)")
     p.add_argument("--cpus-per-worker", type=int, default=d["cpus_per_worker"].default,
                    help="CPUs reserved per worker, also its torch threads (default: an equal share of the "
@@ -133,7 +142,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, debug = cli.parse_config(get_args_parser(), TrainConfig, argv)
+    parser = get_args_parser()
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug", False)
+    code, args = cli.run_main("train", lambda: init_from.adopt(args), debug=debug)  # a bad --init-from: exit 3
+    if args is None:
+        return code
+    config = cli.build_config(parser, TrainConfig, args)
     code, _ = cli.run_main("train", lambda: (ensure_ray(), run(config)), debug=debug)
     return code
 
@@ -178,7 +193,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
 def loop_config(config: TrainConfig, data: LabelledData) -> dict[str, Any]:
     """Everything the workers need: the typed config itself (a frozen dataclass travels
     as it is), the split as ``(uri, label)`` lists, one object ref for initial weights."""
-    init = None if config.weights == "none" else ray.put(build_model(config.weights, arch=config.arch).state_dict())
+    if config.init_from:
+        init = ray.put(init_from.initial_state(config.init_from, arch=config.arch, preset=config.preset))
+        print(f"fine-tuning {config.init_from} ({config.arch}, preset {config.preset})", flush=True)
+    else:
+        init = None if config.weights == "none" else ray.put(build_model(config.weights, arch=config.arch).state_dict())
     return {
         "config": config,
         "train": [(s.uri, s.label) for s in data.train],

@@ -41,7 +41,7 @@ def render_card(record: dict[str, Any], meta: dict[str, Any]) -> str:
         "## Model",
         f"- architecture: `{arch}`: {_LAYERS.get(arch, str(spec))}",
         f"- preprocessing preset: `{meta['preset']}`",
-        f"- initial weights: {config.get('weights')}",
+        f"- initial weights: {'fine-tuned from ' + config['init_from'] if config.get('init_from') else config.get('weights')}",
         "",
         "## Training data",
         f"- source: `{data.get('source')}` ({data.get('layout')}, split given: {data.get('split_given')})",

@@ -42,7 +42,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 class TrainConfig:
     data: str
     output: str
-    preset: str = "native"  # the better recipe; "baseline" is the original project (docs/QUALITY.md)
+    preset: str = "native"  # the better recipe; "baseline" is the original project (docs/QUALITY.md); None: native
     # None: the preset's recipe (RECIPES); an explicit value overrides it.
     epochs: int | None = None
     batch_size: int | None = None  # global: split evenly over the workers
@@ -67,10 +67,15 @@ class TrainConfig:
     threshold_fpr: float = 0.05
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_prefix: tuple[str, ...] = ()  # where --data manifest entries may point; () = its bucket or folder
+    init_from: str | None = None  # a genscan model to fine-tune (jobs/train/init_from.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_prefix", tuple(self.allow_prefix or ()))  # the flag gives a list or None
-        problems = cli.uri_problems(data=self.data, output=self.output, weights=self.weights)
+        if self.preset is None:  # the flag's "not given" (--init-from then takes the model's)
+            object.__setattr__(self, "preset", "native")
+        problems = cli.uri_problems(data=self.data, output=self.output, weights=self.weights, init_from=self.init_from)
+        if self.init_from and self.weights != "none":
+            problems.append("--init-from and --weights both give the initial weights; give one")
         problems += cli.finite_problems(lr=self.lr, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
                                         val_fraction=self.val_fraction, threshold_fpr=self.threshold_fpr)
         try:
@@ -125,7 +130,7 @@ class TrainConfig:
                 "schedule": self.schedule, "loss": "CrossEntropyLoss", "label_smoothing": self.label_smoothing,
                 "batch_size": self.batch_size, "epochs": self.epochs, "seed": self.seed,
                 "crops_per_image": self.crops_per_image, "select_by": self.select_by,
-                "weights": self.weights, "threshold_fpr": self.threshold_fpr, "arch": self.arch}
+                "weights": self.weights, "init_from": self.init_from, "threshold_fpr": self.threshold_fpr, "arch": self.arch}
 
     def make_preset(self) -> Preset:
         """The preprocessing preset this run trains with (and its checkpoints record)."""

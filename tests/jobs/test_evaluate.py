@@ -33,6 +33,7 @@ def test_tpr_and_threshold_at_a_false_positive_rate():
     # the one documented behaviour at the edges: nothing to calibrate on -> the argmax rule
     assert calibrate_threshold(np.zeros(0), 0.05) == 0.5
     assert calibrate_threshold(real, 1.0) == 0.0  # every real image may be flagged
+    assert calibrate_threshold(np.ones(4, np.float32), 0.05) == 1.0  # saturated: still a probability
     fake = np.ones(10)
     assert tpr_at_fpr(np.concatenate([fake, real]), np.r_[np.ones(10, bool), np.zeros(100, bool)], 0.0) == 1.0
 

@@ -7,6 +7,7 @@ and after SIGTERM.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -87,6 +90,34 @@ def test_demo_runs_end_to_end_and_stops_the_server(tmp_path: Path) -> None:
     printed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
     assert "truth" in printed.stdout and "real" in printed.stdout and "fake" in printed.stdout
+    _check_review_loop(work, done.stdout)
+
+
+def _check_review_loop(work: Path, stdout: str) -> None:
+    """Decisions were recorded through the app, exported, trained on, counted by the
+    report, copied with the reports; the printed review command serves them."""
+    assert "recorded 12 decisions through the app's HTTP API" in stdout, stdout[-3000:]
+    labels = (work / "labels.csv").read_text().splitlines()
+    assert labels[0] == '"uri","label"' and len(labels) == 1 + 11  # one unsure left out
+    assert "fine-tuning s3://models/detector (resnet18, preset baseline)" in stdout
+    assert "moderators' decisions" in stdout and list((work / "report" / "_decisions").glob("*.parquet"))
+    command = re.search(r"^  (\S+) -m jobs\.review --reports (\S+)", stdout, flags=re.M)
+    assert command, stdout[-2000:]
+    app = subprocess.Popen([sys.executable, "-m", "jobs.review", "--reports", command.group(2)], cwd=ROOT, env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = next(line.split()[1] for line in app.stdout if line.startswith("open http://127.0.0.1:"))
+        with urllib.request.urlopen(url.replace("/?token=", "/api/queue?limit=1&token="), timeout=30) as r:
+            raise AssertionError(f"a query token opened the API: {r.status}")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401  # only the page takes the token in its URL
+        token = url.split("token=")[1]
+        request = urllib.request.Request(url.split("?")[0] + "api/meta", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert json.loads(r.read())["counts"]["flagged"] > 0
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
 
 
 def test_a_failing_step_still_stops_the_server(tmp_path: Path) -> None:
@@ -108,7 +139,7 @@ def test_sigterm_stops_the_server(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         for line in proc.stdout:  # wait until the server runs and the samples are being made
             lines.append(line)
-            if "== 2/8" in line or time.monotonic() > deadline:
+            if "== 2/9" in line or time.monotonic() > deadline:
                 break
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)

@@ -17,12 +17,12 @@ import io
 import re
 import shutil
 import subprocess
-from datetime import date, datetime, timezone
+import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -37,9 +37,11 @@ from jobs.plots import scan_histogram_png, scan_histograms_png
 from jobs.report import ReportConfig, main, run, select, table_text
 from jobs.report import store as report_store
 from jobs.report.page import json_for_script, render_page
-from jobs.report.schema import FILE_SCHEMA, REPORT_SCHEMA
+from jobs.report.schema import REPORT_SCHEMA
+from jobs.review.decisions import DecisionWriter, decisions_uri
 from jobs.scan import ScanConfig
 from jobs.scan import run as run_scan
+from tests.helpers import publish_synthetic
 
 REPO = Path(__file__).resolve().parents[3]
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
@@ -53,45 +55,6 @@ needs_chromium = pytest.mark.skipif(
 
 
 # -- reports -----------------------------------------------------------------------------
-
-
-def jpeg(color: tuple[int, int, int], size: int = 24) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(out, format="JPEG")
-    return out.getvalue()
-
-
-def publish_synthetic(output: str, scan_id: str, day: date, uris: list[str], *, seed: int,
-                      errors: int = 1, threshold: float = 0.5, thumbnails: bool = True) -> pa.Table:
-    """Publish one scan of ``uris`` in the exact report schema; the last ``errors`` are error rows."""
-    rng = np.random.default_rng(seed)
-    n = len(uris)
-    ok = np.arange(n) < n - errors
-    score = np.where(ok, rng.random(n), np.nan).astype(np.float32)
-    flagged = [bool(s >= threshold) if o else None for s, o in zip(score, ok)]
-    thumb = jpeg((200, 40, 40)) if thumbnails else None
-    table = pa.table({
-        "uri": uris, "etag": [f"e{i}" for i in range(n)], "size_bytes": [1000 + i for i in range(n)],
-        "width": [64 if o else None for o in ok], "height": [48 if o else None for o in ok],
-        "format": ["JPEG" if o else None for o in ok],
-        "label": [None if f is None else ("fake" if f else "real") for f in flagged],
-        "score": [float(s) if o else None for s, o in zip(score, ok)], "flagged": flagged,
-        "threshold": [threshold] * n, "thumbnail": [thumb if o else None for o in ok],
-        "cam": [[0.0, 0.5, 1.0, 0.25] if o else None for o in ok],
-        "cam_width": [2 if o else None for o in ok],
-        "model_version": [f"sha256-{seed:016x}"] * n,
-        "error": [None if o else ("decode: cannot identify image file" if i % 2 else "fetch: timed out")
-                  for i, o in enumerate(ok)],
-        "scanned_at": [datetime(day.year, day.month, day.day, 3, tzinfo=timezone.utc)] * n,
-    }, schema=FILE_SCHEMA)
-    loc = report_store.ScanLocation(output, scan_id, day)
-    staged = Path(loc.staged_data_uri)
-    staged.mkdir(parents=True)
-    pq.write_table(table.slice(0, n // 2), staged / "part-00000.parquet")
-    pq.write_table(table.slice(n // 2), staged / "part-00001.parquet")
-    record = {"model_version": f"sha256-{seed:016x}", "threshold": threshold, "rows": n}
-    report_store.publish(loc, ["part-00000.parquet", "part-00001.parquet"], record)
-    return table
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +99,7 @@ def scanned(tmp_path_factory, ray_local) -> tuple[str, Path]:
 
 def independent(output: str) -> pd.DataFrame:
     """The report read without jobs.report: pandas over the Hive folders."""
-    df = pd.read_parquet(output, columns=["uri", "score", "flagged", "error", "model_version", "scan_id", "scan_date", "threshold"])
+    df = pd.read_parquet(output, columns=["uri", "etag", "score", "flagged", "error", "model_version", "scan_id", "scan_date", "threshold"])
     df["scan_id"] = df["scan_id"].astype(str)
     df["scan_date"] = df["scan_date"].astype(str)
     return df
@@ -187,6 +150,7 @@ def test_summary_per_scan_and_filters_match_pandas(synthetic):
         expected = {i: (g.scan_date.iloc[0], len(g), int(g.flagged.fillna(False).astype(bool).sum()),
                         int(g.error.notna().sum()), float(g.threshold.iloc[0])) for i, g in want.groupby("scan_id")}
         assert got == expected, config
+        assert result.text().splitlines()[0] == f"{len(expected)} scans, {len(want)} images selected"
     assert [s.threshold for s in run(ReportConfig(input=synthetic)).scans] == pytest.approx([0.5, 0.5, 0.7])
 
 
@@ -379,11 +343,14 @@ def test_analyst_snippets_run(synthetic, s3_server, s3_env, tmp_path):
     through the S3 server), and its SQL answers match pandas."""
     s3_server.create_bucket("reports")
     storage.upload_dir(synthetic, "s3://reports/scans")
+    local = str(tmp_path / "reports")
+    shutil.copytree(synthetic, local)
+    precision = write_decisions(local)
     namespace: dict = {}
     blocks = doc_blocks("python")
-    assert len(blocks) >= 4
+    assert len(blocks) >= 5
     for block in blocks:
-        code = re.sub(r'"reports/scans"(?!, filesystem=)', repr(synthetic).replace("\\", "\\\\"), block)  # local, not s3
+        code = re.sub(r'"reports/scans"(?!, filesystem=)', repr(local).replace("\\", "\\\\"), block)  # local, not s3
         code = code.replace("review.csv", str(tmp_path / "review.csv"))
         exec(compile(code, "docs/ANALYSTS.md", "exec"), namespace)  # noqa: S102 - our own documentation
 
@@ -409,6 +376,32 @@ def test_analyst_snippets_run(synthetic, s3_server, s3_env, tmp_path):
     assert namespace["every_folder"].count_rows() == len(df)
     assert namespace["per_scan"]["flagged"].sum() == df["flagged"].sum()
     assert len(namespace["recent_flagged"]) == ((df.scan_date >= "2026-05-01") & (df.score >= 0.9)).sum()
+    by_scan = namespace["precision_by_scan"].set_index("scan_id")
+    assert by_scan["flagged"].to_dict() == df[df.flagged].groupby("scan_id").size().to_dict()
+    assert {s: (r.reviewed, r.confirmed, r.false_positives) for s, r in by_scan.iterrows() if r.reviewed} == {
+        s: counts for s, (counts, _) in precision.items()}
+    assert by_scan["precision"].dropna().to_dict() == pytest.approx({s: p for s, (_, p) in precision.items()})
+    reviews = {r.scan_id: ((r.reviewed, r.generated, r.real), r.precision) for r in run(ReportConfig(input=local)).reviews}
+    assert reviews == {**precision, "scan-3": ((0, 0, 0), None)}  # jobs.report says the same
+
+
+def write_decisions(reports: str) -> dict[str, tuple[tuple[int, int, int], float]]:
+    """Decisions on flagged rows of scan-1 and scan-2, with a change of mind and an undo;
+    per scan the (reviewed, confirmed, false positives) and precision they make."""
+    df = independent(reports)
+    flagged = df[df.flagged.fillna(False).astype(bool)].sort_values("uri")
+    one, two = flagged[flagged.scan_id == "scan-1"].head(4), flagged[flagged.scan_id == "scan-2"].head(2)
+
+    def rows(table, decisions):
+        return [{"uri": r.uri, "etag": r.etag, "scan_id": r.scan_id, "model_version": r.model_version,
+                 "score": r.score, "decision": d, "reviewer": "ana"} for r, d in zip(table.itertuples(), decisions)]
+
+    uri = decisions_uri(reports)
+    first, second = DecisionWriter(uri), DecisionWriter(uri)  # two moderators
+    first.append(rows(one, ["generated", "generated", "real", "generated"]) + rows(two, ["real", "unsure"]))
+    time.sleep(0.01)  # decided_at orders them
+    second.append(rows(one.iloc[[1]], ["real"]) + rows(one.iloc[[3]], ["cleared"]))  # a change of mind, an undo
+    return {"scan-1": ((3, 1, 2), 1 / 3), "scan-2": ((2, 0, 1), 0.0)}
 
 
 BIDI_KEYS = ("s3://b/invoice\u202egpj.exe", "s3://b/zero\u200bwidth.jpg", "s3://b/line\u2028sep.jpg")

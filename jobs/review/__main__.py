@@ -1,0 +1,5 @@
+import sys
+
+from jobs.review import main
+
+sys.exit(main())
