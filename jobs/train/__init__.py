@@ -69,7 +69,7 @@ from ray.train.torch import TorchTrainer
 
 from detector.model import ARCHITECTURES, build_model
 from detector.presets import PRESETS
-from jobs import cli, storage
+from jobs import cli, observe, storage
 from jobs.runtime import ensure_ray
 from jobs.train.config import OPTIMIZERS, RECIPES, SCHEDULES, SELECT_BY, TrainConfig
 from jobs.train.data import LabelledData, list_labelled
@@ -128,18 +128,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=d["max_pixels"].default,
                    help="larger images are skipped as possible decompression bombs")
     cli.add_allow_prefix_flag(p, "a --data")
+    observe.add_flags(p, metrics_file=False, log_format=False)  # each epoch's metrics
     cli.add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, debug = cli.parse_config(get_args_parser(), TrainConfig, argv)
-    code, _ = cli.run_main("train", lambda: (ensure_ray(), run(config)), debug=debug)
+    config, options = cli.parse_job(get_args_parser(), TrainConfig, argv)
+    code, _ = cli.run_main("train", lambda: (ensure_ray(), run(config, metrics_push=options.metrics_push)),
+                           debug=options.debug)
     return code
 
 
-def run(config: TrainConfig) -> dict[str, Any]:
-    """Train, then publish the best checkpoint, metrics.json and the curves at config.output."""
+def run(config: TrainConfig, *, metrics_push: str | None = None) -> dict[str, Any]:
+    """Train, then publish the best checkpoint, metrics.json and the curves at config.output;
+    ``metrics_push``: a Pushgateway that rank 0 pushes each epoch's metrics to (jobs.observe.metrics)."""
     start = time.monotonic()
     data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed,
                          allow_prefixes=config.allow_prefix or None)
@@ -155,7 +158,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     _say_what_it_waits_for(config)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config(config, data),
+        train_loop_config={**loop_config(config, data), "metrics_push": metrics_push},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(
