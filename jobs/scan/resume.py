@@ -93,9 +93,12 @@ def discard_listing(loc: ScanLocation) -> None:
 
 def reuse_staged(loc: ScanLocation, listing: Listing) -> tuple[Listing, Resumed]:
     """``listing`` minus the objects that earlier attempts' complete parts hold, and those parts."""
+    parts = _earlier_parts(loc)
+    if not parts:  # a first attempt: no key set of the whole listing to build
+        return listing, Resumed()
     wanted = {k for b in listing.blocks for k in _keys(b)}
     resumed, done = Resumed(), set()
-    for uri in _earlier_parts(loc):
+    for uri in parts:
         keys = _part_keys(uri)
         if keys is None or not keys or not keys <= wanted or keys & done:
             continue  # cut short, empty, of another listing, or already covered
