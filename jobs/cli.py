@@ -126,7 +126,9 @@ def parse_job(parser: argparse.ArgumentParser, make_config: Callable[..., Any],
     parser has taken out into ``options`` instead of the config."""
     args = vars(parser.parse_args(argv))
     options = JobOptions(**{k: args.pop(k) for k in JOB_OPTIONS if k in args})
-    problems = uri_problems(metrics_push=options.metrics_push, metrics_file=options.metrics_file)
+    problems = [f"--{name.replace('_', '-')} is empty; give {what}" for name, what in
+                (("metrics_push", "the Pushgateway's URL"), ("metrics_file", "a file path"))
+                if getattr(options, name) is not None and not getattr(options, name).strip()]
     try:
         if problems:
             raise ValueError("; ".join(problems))

@@ -42,7 +42,7 @@ SCAN_GAUGES = {
     "flagged": "report rows flagged as generated",
     "errors": "report rows with an error (fetch or decode failed)",
     "seconds": "wall-clock seconds of the scan, listing and publishing included",
-    "images_per_second": "report rows per second",
+    "images_per_second": "report rows this run wrote per second (resumed rows left out)",
 }
 LAST_SUCCESS = "genscan_scan_last_success_timestamp_seconds"
 TRAIN_GAUGES = {

@@ -89,7 +89,7 @@ class ScanSummary:
     flagged: int
     errors: int  # rows with error set
     seconds: float
-    images_per_s: float  # (scored + errors) / seconds, listing included
+    images_per_s: float  # rows this run scored or failed (resumed ones not) / seconds, listing included
     model_version: str
     report: str  # the report folder of this scan
     marker: str  # its _scans/<id>.json
@@ -131,16 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         logs.summary(summary.line(), {**fields, "files": len(summary.files), "exit_code": code})
     if why:
         logs.error(f"scan failed: {why}", scan_id=config.scan_id, exit_code=code)
-    counts = {"seconds": time.monotonic() - start}
+    _export_metrics(config, options, summary, code, time.monotonic() - start)
+    return code
+
+
+def _export_metrics(config: ScanConfig, options: cli.JobOptions, summary: ScanSummary | None, code: int,
+                    seconds: float) -> None:
+    """--metrics-push / --metrics-file, whatever the outcome: a failure before any row
+    still says so (its exit code, listed 0)."""
+    counts = {"seconds": seconds}
     if summary is not None:
         counts = {k: getattr(summary, k) for k in observe_metrics.SCAN_GAUGES if hasattr(summary, k)}
         counts["images_per_second"] = summary.images_per_s
+    source = config.input or config.manifest
     observe_metrics.export(
-        observe_metrics.scan_registry(input=config.input or config.manifest, scan_id=config.scan_id, counts=counts,
-                                      exit_code=code),
-        job=observe_metrics.SCAN_JOB, grouping={"input": config.input or config.manifest},
-        push=options.metrics_push, file=options.metrics_file, succeeded=code == cli.OK)
-    return code
+        observe_metrics.scan_registry(input=source, scan_id=config.scan_id, counts=counts, exit_code=code),
+        job=observe_metrics.SCAN_JOB, grouping={"input": source}, push=options.metrics_push,
+        file=options.metrics_file, succeeded=code == cli.OK)
 
 
 def new_scan_id(started_at: datetime) -> str:
@@ -196,7 +203,7 @@ def run(config: ScanConfig) -> ScanSummary:
     return ScanSummary(
         scan_id=scan_id, scan_date=loc.scan_date.isoformat(), listed=listed, skipped=skipped,
         scored=counts["scored"], flagged=counts["flagged"], errors=counts["errors"],
-        seconds=seconds, images_per_s=counts["rows"] / max(seconds, 1e-9), model_version=model_version,
+        seconds=seconds, images_per_s=(counts["rows"] - resumed.rows) / max(seconds, 1e-9), model_version=model_version,
         report=loc.report_uri, marker=loc.marker_uri, files=tuple(marker["files"]), executor=executor,
         dropped=tuple(dropped.most_common()), resumed=resumed.rows,
     )

@@ -55,7 +55,8 @@ class ScanConfig:
 def validate(c: ScanConfig) -> list[str]:
     """Problems with a configuration, each saying what to do."""
     p = cli.uri_problems(input=c.input, manifest=c.manifest, model=c.model, output=c.output)
-    p += cli.finite_problems(threshold=c.threshold, cpus_per_scorer=c.cpus_per_scorer, max_error_fraction=c.max_error_fraction)
+    p += cli.finite_problems(threshold=c.threshold, cpus_per_scorer=c.cpus_per_scorer,
+                             max_error_fraction=c.max_error_fraction)
     if not 0.0 <= c.max_error_fraction <= 1.0:  # written so that NaN fails too
         p.append(f"--max-error-fraction must be in [0, 1] (1: never fail for error rows), got {c.max_error_fraction}")
     if (c.input is None) == (c.manifest is None):

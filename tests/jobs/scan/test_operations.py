@@ -155,3 +155,16 @@ def test_json_logs_give_the_summary_and_the_failure_as_json_lines(model, tmp_pat
     assert code == cli.FAILED  # a missing folder: bad input, not an outage
     [failed] = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert failed["event"] == "failed" and failed["message"].startswith("scan failed: the folder")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-error-fraction", "2"], "--max-error-fraction must be in [0, 1]"),
+    (["--max-error-fraction", "nan"], "--max-error-fraction must be a finite number"),
+    (["--metrics-push", ""], "--metrics-push is empty; give the Pushgateway's URL"),
+    (["--metrics-file", " "], "--metrics-file is empty"),
+    (["--log-format", "xml"], "invalid choice: 'xml'"),
+])
+def test_bad_operations_flags_are_exit_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--input", "in", "--model", "m", "--output", "o", *flags])
+    assert exited.value.code == cli.BAD_FLAGS and message in capsys.readouterr().err
