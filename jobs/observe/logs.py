@@ -71,6 +71,9 @@ def configure(log_format: str) -> None:
             logger.propagate = False  # one line per message, whatever the root logger does
         else:
             logger.propagate = True
+    # off first: captureWarnings(True) does nothing while an earlier call's capture is on,
+    # which would leave a warnings.showwarning installed since then (pytest swaps it per test)
+    logging.captureWarnings(False)
     logging.captureWarnings(_state["json"])
 
 

@@ -45,7 +45,9 @@ def test_json_logs_are_one_object_per_line_and_catch_warnings(capsys):
     logs.configure("json")
     try:
         logs.warning("two\nlines", uri="s3://b/k")
-        warnings.warn("from a library", UserWarning, stacklevel=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # whatever filters earlier tests or imports left
+            warnings.warn("from a library", UserWarning, stacklevel=1)
         logs.summary("scan x: done", {"listed": 3})
     finally:
         logs.configure("text")
