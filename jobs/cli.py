@@ -10,6 +10,10 @@ Exit codes (README.md "The jobs", docs/GUARANTEES.md):
     4  storage unreachable or access denied: no or wrong credentials, S3 down, unreadable input
     5  output not writable: read-only, full, or permission denied under --output (or --json ...)
     6  the scan id is in use by another run that is still alive
+    7  too many error rows: over --max-error-fraction of the rows are errors (the report is
+       still published, so --mode incremental can re-score them)
+
+The table for operators is docs/OPERATIONS.md; this module is its one home in code.
 
 The traceback is printed only with ``--debug`` (every job has the flag).
 
@@ -24,11 +28,12 @@ import math
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from detector.errors import CheckpointError, DetectorError
 
-OK, FAILED, BAD_FLAGS, BAD_MODEL, STORAGE, OUTPUT, IN_USE = 0, 1, 2, 3, 4, 5, 6
+OK, FAILED, BAD_FLAGS, BAD_MODEL, STORAGE, OUTPUT, IN_USE, TOO_MANY_ERRORS = 0, 1, 2, 3, 4, 5, 6, 7
 EXIT_CODES = {
     OK: "done",
     FAILED: "failed: anything else (bad input data, a malformed manifest, an unexpected error)",
@@ -37,7 +42,21 @@ EXIT_CODES = {
     STORAGE: "storage unreachable or access denied (credentials, S3 down, unreadable input)",
     OUTPUT: "output not writable (read-only, full, permission denied)",
     IN_USE: "the scan id is in use by another live run",
+    TOO_MANY_ERRORS: "too many error rows (over --max-error-fraction); the report is published",
 }
+# Flags every job's ``main`` handles itself; they never reach the job's config (which
+# is recorded in markers and metrics.json: a Pushgateway URL may carry credentials).
+JOB_OPTIONS = ("debug", "metrics_push", "metrics_file", "log_format")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How ``main`` reports a run: tracebacks, metrics (jobs.observe), the log format."""
+
+    debug: bool = False
+    metrics_push: str | None = None
+    metrics_file: str | None = None
+    log_format: str = "text"
 
 
 class OutputError(OSError):
@@ -75,25 +94,51 @@ def exit_code(e: BaseException) -> int:
     return FAILED
 
 
-def run_main(job: str, run: Callable[[], Any], *, debug: bool) -> tuple[int, Any]:
+def run_main(job: str, run: Callable[[], Any], *, debug: bool,
+             say: Callable[[str], None] | None = None) -> tuple[int, Any]:
     """``(0, run())``, or ``(code, None)`` after one ``<job> failed: ...`` line on stderr
-    (the traceback too with ``debug``). KeyboardInterrupt and SystemExit pass through."""
+    (the traceback too with ``debug``), or handed to ``say`` (jobs.observe.logs: JSON).
+    KeyboardInterrupt and SystemExit pass through."""
     try:
         return OK, run()
     except Exception as e:  # noqa: BLE001 (every failure becomes one line and a code)
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (--debug prints the traceback)"
-        print(f"{job} failed: {_one_line(e)}{hint}", file=sys.stderr, flush=True)
+        line = f"{job} failed: {_one_line(e)}{hint}"
+        if say is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            say(line)
         return exit_code(e), None
 
 
 def parse_config(parser: argparse.ArgumentParser, make_config: Callable[..., Any], argv: list[str] | None) -> tuple[Any, bool]:
     """``(config, debug)`` from ``argv``: the flags parsed, ``--debug`` taken out, the
     config built; a ValueError from its validation is a bad flag (one line, exit 2)."""
+    config, options = parse_job(parser, make_config, argv)
+    return config, options.debug
+
+
+def parse_job(parser: argparse.ArgumentParser, make_config: Callable[..., Any],
+              argv: list[str] | None) -> tuple[Any, JobOptions]:
+    """``(config, options)``: as ``parse_config``, with every ``JOB_OPTIONS`` flag the
+    parser has taken out into ``options`` instead of the config."""
     args = vars(parser.parse_args(argv))
-    debug = args.pop("debug", False)
-    return build_config(parser, make_config, args), debug
+    options = job_options(parser, args)
+    return build_config(parser, make_config, args), options
+
+
+def job_options(parser: argparse.ArgumentParser, args: dict[str, Any]) -> JobOptions:
+    """The ``JOB_OPTIONS`` flags taken out of the parsed ``args``; an empty metrics
+    destination is a bad flag (one line, exit 2)."""
+    options = JobOptions(**{k: args.pop(k) for k in JOB_OPTIONS if k in args})
+    problems = [f"--{name.replace('_', '-')} is empty; give {what}" for name, what in
+                (("metrics_push", "the Pushgateway's URL"), ("metrics_file", "a file path"))
+                if getattr(options, name) is not None and not getattr(options, name).strip()]
+    if problems:
+        parser.error("; ".join(problems))  # exits 2
+    return options
 
 
 def build_config(parser: argparse.ArgumentParser, make_config: Callable[..., Any], args: dict[str, Any]) -> Any:

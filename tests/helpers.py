@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
@@ -96,6 +97,16 @@ def make_folders(root: Path, n: int = 10, *, split: bool = False, nested: bool =
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{label}{i}.png").write_bytes(image_bytes(label == "fake", i))
     return root
+
+
+def terminate(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    """SIGTERM ``process``, then SIGKILL it if it is still there after ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def listening(pid: int) -> set[tuple[str, int]]:

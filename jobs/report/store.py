@@ -7,6 +7,7 @@ Layout under ``--output`` (local folder or ``s3://`` prefix)::
     _scans/<id>.json                                          # marker, written last
     _staging/<id>/lease.json                                  # the live run of <id> (jobs.report.lease)
     _staging/<id>/attempt-<hex>/data/part-*.parquet           # while the scan runs
+    _staging/<id>/listing.json, listing/                      # its listing, for a resumed run (jobs.scan.resume)
     _staging/<id>/publishing.json                             # while it publishes
 
 A scan takes the scan id's lease (a second live run of the id is refused), writes its
@@ -40,7 +41,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from jobs import storage
-from jobs.report.markers import MARKER_FORMAT, SCAN_ID_PATTERN, SCANS_DIR, is_report_dir, published_scans
+from jobs.report.markers import (
+    MARKER_FORMAT,
+    SCAN_ID_PATTERN,
+    SCANS_DIR,
+    is_report_dir,
+    published_scans,
+)
 from jobs.report.schema import (
     FILE_SCHEMA,
     REPORT_SCHEMA,
@@ -141,28 +148,42 @@ def write_staged(dataset: Any, loc: ScanLocation, *, rows_per_file: int, write_c
 
 def write_staged_tables(tables: Iterator[pa.Table], loc: ScanLocation, *, rows_per_file: int) -> None:
     """Write report tables as ``part-00000.parquet``, ``part-00001.parquet``, ... of
-    ``rows_per_file`` rows under the staging folder (what ``write_staged`` writes from a Ray Dataset)."""
+    ``rows_per_file`` rows under the staging folder (what ``write_staged`` writes from a Ray Dataset).
+
+    Each part appears whole or not at all (a resumed scan reuses parts, jobs.scan.resume):
+    a local part is written as ``.part-N.parquet.tmp`` and renamed when closed; an S3
+    object exists only once its upload completes."""
     fs, path = storage.pyarrow_filesystem(loc.staged_data_uri)
-    if not storage.is_s3(loc.staged_data_uri):
+    local = not storage.is_s3(loc.staged_data_uri)
+    if local:
         fs.create_dir(path, recursive=True)
     options = parquet_write_options(row_group_size=min(rows_per_file, 1000))
     row_group_size = options.pop("row_group_size")
     writer, index, in_file = None, 0, 0
+
+    def name(i: int) -> str:
+        return f"{path}/.part-{i:05d}.parquet.tmp" if local else f"{path}/part-{i:05d}.parquet"
+
+    def close() -> None:
+        writer.close()
+        if local:
+            fs.move(name(index), f"{path}/part-{index:05d}.parquet")
+
     try:
         for table in tables:
             while table.num_rows:
                 if writer is None:
-                    writer = pq.ParquetWriter(f"{path}/part-{index:05d}.parquet", FILE_SCHEMA, filesystem=fs, **options)
+                    writer = pq.ParquetWriter(name(index), FILE_SCHEMA, filesystem=fs, **options)
                 take = table.slice(0, rows_per_file - in_file)
                 writer.write_table(take, row_group_size=row_group_size)
                 in_file += take.num_rows
                 table = table.slice(take.num_rows)
                 if in_file == rows_per_file:
-                    writer.close()
+                    close()
                     writer, index, in_file = None, index + 1, 0
     finally:
         if writer is not None:
-            writer.close()
+            close()
 
 
 def staged_files(loc: ScanLocation) -> list[str]:

@@ -14,7 +14,11 @@ per image, with score, label and a heat-map thumbnail.
 
 Failures print one ``scan failed: ...`` line and exit with the code of their kind
 (jobs/cli.py: 2 bad flags, 3 bad model, 4 storage unreachable or denied, 5 output not
-writable, 6 scan id in use, 1 anything else); ``--debug`` adds the traceback.
+writable, 6 scan id in use, 7 more error rows than ``--max-error-fraction`` (published
+all the same), 1 anything else); ``--debug`` adds the traceback. ``--metrics-push`` /
+``--metrics-file`` export the counts (jobs.observe.metrics), ``--log-format json`` the
+summary as JSON (jobs.observe.logs). Re-running a killed scan's ``--scan-id`` resumes it
+(jobs.scan.resume): its kept listing, and only the objects it had not staged are scored.
 
 Pipeline (Ray Data, streaming): list on the driver (jobs.scan.listing) -> skip what earlier
 scans scored (jobs.scan.incremental, --mode incremental) -> scoring actors that fetch,
@@ -35,26 +39,25 @@ runs, or replace the listing with a Ray Data datasource that lists prefixes in t
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import secrets
-import stat
 import sys
 import time
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
 
 from detector.backends import resolve
-from jobs import cli, storage
+from jobs import cli
+from jobs.observe import logs
+from jobs.observe import metrics as observe_metrics
 from jobs.report import store as report_store
 from jobs.report.lease import ScanLease
-from jobs.runtime import Progress, ensure_ray
+from jobs.runtime import ensure_ray
 from jobs.scan.config import MODES, ScanConfig, get_args_parser, validate
-from jobs.scan.incremental import ScoredIndex
-from jobs.scan.listing import list_input
+from jobs.scan.listing import Listing, scan_listing
 from jobs.scan.pipeline import (
     FETCH_CPUS,
     WRITE_CPUS,
@@ -65,7 +68,15 @@ from jobs.scan.pipeline import (
     score_locally,
     scorer_cpus,
 )
-from jobs.storage.manifest import Manifest
+from jobs.scan.resume import (
+    Resumed,
+    discard_listing,
+    fingerprint,
+    load_listing,
+    move_into,
+    reuse_staged,
+    save_listing,
+)
 from jobs.storage.models import load_model
 
 SCAN_ID_PATTERN = report_store.SCAN_ID_PATTERN
@@ -82,30 +93,70 @@ class ScanSummary:
     flagged: int
     errors: int  # rows with error set
     seconds: float
-    images_per_s: float  # (scored + errors) / seconds, listing included
+    images_per_s: float  # rows this run scored or failed (resumed ones not) / seconds, listing included
     model_version: str
     report: str  # the report folder of this scan
     marker: str  # its _scans/<id>.json
     files: tuple[str, ...]
     executor: str = "ray"  # where it was scored: "ray" (Ray Data) or "local" (this process)
     dropped: tuple[tuple[str, int], ...] = ()  # manifest rows and folder entries left out: (reason, count)
+    resumed: int = 0  # rows kept from a killed attempt of this scan id (jobs.scan.resume), not scored again
 
     def line(self) -> str:
         dropped = f", dropped {sum(n for _, n in self.dropped)} manifest rows or entries" if self.dropped else ""
+        resumed = f" ({self.resumed} kept from an earlier attempt)" if self.resumed else ""
         return (
-            f"scan {self.scan_id}: listed {self.listed}{dropped}, skipped {self.skipped}, scored {self.scored}, "
+            f"scan {self.scan_id}: listed {self.listed}{dropped}, skipped {self.skipped}, scored {self.scored}{resumed}, "
             f"flagged {self.flagged}, errors {self.errors} in {self.seconds:.1f} s "
             f"({self.images_per_s:.1f} images/s, {self.executor}); report {self.report} ({len(self.files)} files, "
             f"marker {self.marker})"
         )
 
+    def too_many_errors(self, max_fraction: float) -> str | None:
+        """Why the scan fails for its error rows (jobs.cli.TOO_MANY_ERRORS), or None."""
+        rows = self.scored + self.errors
+        if not rows or self.errors <= max_fraction * rows:
+            return None
+        return (f"{self.errors} of {rows} rows are errors ({self.errors / rows:.0%}), over --max-error-fraction "
+                f"{max_fraction:g}; the report is published ({self.marker}) and --mode incremental re-scores them")
+
 
 def main(argv: list[str] | None = None) -> int:
-    config, debug = cli.parse_config(get_args_parser(), ScanConfig, argv)
-    code, summary = cli.run_main("scan", lambda: run(config), debug=debug)
+    config, options = cli.parse_job(get_args_parser(), ScanConfig, argv)
+    logs.configure(options.log_format)
+    start = time.monotonic()
+    config = dataclasses.replace(config, scan_id=config.scan_id or new_scan_id(datetime.now(timezone.utc)))
+    code, summary = cli.run_main("scan", lambda: run(config), debug=options.debug, say=logs.error)
+    why = None if summary is None else summary.too_many_errors(config.max_error_fraction)
+    if why:
+        code = cli.TOO_MANY_ERRORS
     if summary is not None:
-        print(summary.line(), flush=True)
+        fields = {k: v for k, v in asdict(summary).items() if k != "files"}
+        logs.summary(summary.line(), {**fields, "files": len(summary.files), "exit_code": code})
+    if why:
+        logs.error(f"scan failed: {why}", scan_id=config.scan_id, exit_code=code)
+    _export_metrics(config, options, summary, code, time.monotonic() - start)
     return code
+
+
+def _export_metrics(config: ScanConfig, options: cli.JobOptions, summary: ScanSummary | None, code: int,
+                    seconds: float) -> None:
+    """--metrics-push / --metrics-file, whatever the outcome: a failure before any row
+    still says so (its exit code, listed 0)."""
+    counts = {"seconds": seconds}
+    if summary is not None:
+        counts = {k: getattr(summary, k) for k in observe_metrics.SCAN_GAUGES if hasattr(summary, k)}
+        counts["images_per_second"] = summary.images_per_s
+    source = config.input or config.manifest
+    observe_metrics.export(
+        observe_metrics.scan_registry(input=source, scan_id=config.scan_id, counts=counts, exit_code=code),
+        job=observe_metrics.SCAN_JOB, grouping={"input": source}, push=options.metrics_push,
+        file=options.metrics_file, succeeded=code == cli.OK)
+
+
+def new_scan_id(started_at: datetime) -> str:
+    """A scan id from the start time and a random suffix: ``20261125T082804Z-737250``."""
+    return f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def run(config: ScanConfig) -> ScanSummary:
@@ -117,24 +168,30 @@ def run(config: ScanConfig) -> ScanSummary:
     folder, and one that fails removes what it staged (a full disk's partial file)."""
     start = time.monotonic()
     started_at = datetime.now(timezone.utc)
-    scan_id = config.scan_id or f"{started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    scan_id = config.scan_id or new_scan_id(started_at)
     loc = report_store.ScanLocation(config.output, scan_id, started_at.date())
     checkpoint, model_version, threshold, preset = _load_model(config)
     lease = ScanLease(loc.staging_uri, scan_id, loc.attempt)
     with cli.writing(config.output):  # the first write: a read-only --output fails here, before any work
         lease.acquire()
     try:
-        blocks, listed, skipped, dropped = _list(config, scan_id, model_version)
-        executor, rows = _score_and_stage(config, loc, blocks, checkpoint=checkpoint, preset=preset, threshold=threshold)
+        listing, resumed = _listing(config, loc, model_version, threshold)
+        executor, rows = _score_and_stage(config, loc, listing.blocks, checkpoint=checkpoint, preset=preset,
+                                          threshold=threshold)
+        with cli.writing(config.output):
+            move_into(resumed, loc)
         files = report_store.staged_files(loc)
         counts = report_store.staged_counts(loc, files)
-        if counts["rows"] != rows:  # every object handed to the pipeline must come back as one row
-            raise RuntimeError(f"scan {scan_id}: {rows} objects went in but {counts['rows']} rows were written; not published")
+        if counts["rows"] != rows + resumed.rows:  # every object handed to the pipeline must come back as one row
+            raise RuntimeError(f"scan {scan_id}: {rows} objects went in and {resumed.rows} rows were resumed, but "
+                               f"{counts['rows']} rows were written; not published")
         seconds = time.monotonic() - start
+        listed, skipped, dropped = listing.listed, listing.skipped, listing.dropped
         record = {
             "model_version": model_version, "threshold": threshold, "mode": config.mode, "executor": executor,
             "runtime": resolve(config.runtime, use_gpu=config.use_gpu),
             "input": config.input, "manifest": config.manifest, "listed": listed, "skipped": skipped,
+            "resumed": resumed.rows, "listing_reused": listing.reused,
             "dropped": dict(dropped), **counts, "started_at": started_at.isoformat(),
             "published_at": datetime.now(timezone.utc).isoformat(), "config": asdict(config),
         }
@@ -150,10 +207,30 @@ def run(config: ScanConfig) -> ScanSummary:
     return ScanSummary(
         scan_id=scan_id, scan_date=loc.scan_date.isoformat(), listed=listed, skipped=skipped,
         scored=counts["scored"], flagged=counts["flagged"], errors=counts["errors"],
-        seconds=seconds, images_per_s=counts["rows"] / max(seconds, 1e-9), model_version=model_version,
+        seconds=seconds, images_per_s=(counts["rows"] - resumed.rows) / max(seconds, 1e-9), model_version=model_version,
         report=loc.report_uri, marker=loc.marker_uri, files=tuple(marker["files"]), executor=executor,
-        dropped=tuple(dropped.most_common()),
+        dropped=tuple(dropped.most_common()), resumed=resumed.rows,
     )
+
+
+def _listing(config: ScanConfig, loc: report_store.ScanLocation, model_version: str,
+             threshold: float) -> tuple[Listing, Resumed]:
+    """What this attempt scores: an earlier attempt's kept listing (unless --relist) minus
+    the objects its complete staged parts hold (jobs.scan.resume), or a new listing, kept."""
+    expected = fingerprint(config, model_version, threshold)
+    listing = None if config.relist else load_listing(loc, expected)
+    if listing is None:
+        listing = scan_listing(config, loc.scan_id, model_version)
+        with cli.writing(config.output):
+            save_listing(loc, listing, expected)
+    else:
+        print(f"resuming scan {loc.scan_id}: its listing of {listing.listed} objects is kept "
+              f"(--relist lists again)", file=sys.stderr, flush=True)
+    listing, resumed = reuse_staged(loc, listing)
+    if resumed.rows:
+        print(f"resuming scan {loc.scan_id}: {resumed.rows} rows staged by earlier attempts are kept, "
+              f"{sum(b.num_rows for b in listing.blocks)} objects left to score", file=sys.stderr, flush=True)
+    return listing, resumed
 
 
 def _score_and_stage(config: ScanConfig, loc: report_store.ScanLocation, blocks: list[pa.Table], *,
@@ -191,8 +268,9 @@ def _discard(loc: report_store.ScanLocation) -> None:
     """Remove what a failed attempt staged; never hide the failure itself."""
     try:
         report_store.clear_staging_data(loc)
+        discard_listing(loc)  # run()'s finally then removes the emptied folders
     except Exception as e:  # noqa: BLE001
-        print(f"warning: could not remove {loc.attempt_uri}: {e}", file=sys.stderr, flush=True)
+        logs.warning(f"could not remove {loc.attempt_uri}: {e}")
 
 
 def _check_resources(config: ScanConfig, resources: dict, *, cpus: float, fetch: str) -> None:
@@ -216,53 +294,6 @@ def _load_model(config: ScanConfig) -> tuple[bytes, str, float, dict]:
     data, ckpt = load_model(config.model)
     threshold = ckpt.threshold if config.threshold is None else config.threshold
     return data, ckpt.model_version, float(threshold), ckpt.preset.to_dict()
-
-
-def _list(config: ScanConfig, scan_id: str, model_version: str) -> tuple[list[pa.Table], int, int, Counter[str]]:
-    """The listing as Arrow tables, minus what incremental mode skips; and the manifest
-    rows left out, by reason (printed as a warning too)."""
-    index = None
-    if config.mode == "incremental":
-        index = ScoredIndex.from_reports(config.output, model_version, exclude_scan_ids={scan_id})
-        print(f"incremental: {len(index)} objects already scored by {model_version}", flush=True)
-    _check_input_kind(config.input)
-    manifest = None if config.manifest is None else Manifest(config.manifest, allow_prefixes=config.allow_prefix or None)
-    progress = Progress(f"listing {config.input or config.manifest}")
-    blocks: list[pa.Table] = []
-    listed = skipped = 0
-    stats = storage.ListingStats()
-    for chunk in list_input(input=config.input, manifest=manifest, stats=stats):
-        n = chunk.num_rows
-        listed += n
-        if index is not None:
-            seen = index.contains(chunk["uri"], chunk["etag"])
-            skipped += int(seen.sum())
-            chunk = chunk.filter(pa.array(~seen))
-        if chunk.num_rows:
-            blocks.append(chunk)
-        progress.update(n, skipped=skipped)
-    progress.print(listed=listed, skipped=skipped)
-    if manifest is not None and manifest.dropped:
-        print(f"warning: {manifest.dropped_text()} (allowed: {manifest.allowed})", file=sys.stderr, flush=True)
-    if stats.skipped:
-        print(f"warning: {stats.summary()}", file=sys.stderr, flush=True)
-    dropped = Counter(manifest.dropped if manifest is not None else {})
-    dropped.update({f"listing: {why}": n for why, n in stats.skipped.items()})
-    return blocks, listed, skipped, dropped
-
-
-def _check_input_kind(input: str | None) -> None:
-    """A local --input that exists but is neither a folder nor a file (a FIFO, a device,
-    a socket) is named for what it is, not "does not exist"."""
-    path = None if input is None or storage.is_s3(input) else storage.local_path_if_local(input)
-    try:
-        mode = os.stat(path).st_mode if path else None
-    except OSError:
-        return  # missing: the listing says so
-    if mode is not None and not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-                stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
-        raise ValueError(f"--input {input} is {kind}, not a folder, file or s3:// prefix")
 
 
 if __name__ == "__main__":

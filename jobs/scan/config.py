@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from detector.backends import RUNTIMES, resolve
 from detector.decode import DEFAULT_MAX_PIXELS
-from jobs import cli
+from jobs import cli, observe
 from jobs.report.markers import SCAN_ID_PATTERN
 from jobs.scan.pipeline import EXECUTORS, FETCH_PLACES, LOCAL_MAX_OBJECTS
 from jobs.scan.scorer import THUMBNAIL_MODES
@@ -43,6 +43,8 @@ class ScanConfig:
     executor: str = "auto"  # auto: in the driver up to LOCAL_MAX_OBJECTS objects (jobs.scan.pipeline), else Ray Data
     runtime: str = "auto"  # what runs the network: detector.backends (auto: openvino on CPU when installed)
     allow_prefix: tuple[str, ...] = ()  # where manifest entries may point; () = the manifest's bucket or folder
+    max_error_fraction: float = 0.05  # more error rows than this share: exit 7 (the report is still published)
+    relist: bool = False  # a resumed scan lists again instead of reusing the killed attempt's listing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_prefix", tuple(self.allow_prefix or ()))  # the flag gives a list or None
@@ -54,7 +56,10 @@ class ScanConfig:
 def validate(c: ScanConfig) -> list[str]:
     """Problems with a configuration, each saying what to do."""
     p = cli.uri_problems(input=c.input, manifest=c.manifest, model=c.model, output=c.output)
-    p += cli.finite_problems(threshold=c.threshold, cpus_per_scorer=c.cpus_per_scorer)
+    p += cli.finite_problems(threshold=c.threshold, cpus_per_scorer=c.cpus_per_scorer,
+                             max_error_fraction=c.max_error_fraction)
+    if not 0.0 <= c.max_error_fraction <= 1.0:  # written so that NaN fails too
+        p.append(f"--max-error-fraction must be in [0, 1] (1: never fail for error rows), got {c.max_error_fraction}")
     if (c.input is None) == (c.manifest is None):
         p.append("give either --input (a folder or s3:// prefix) or --manifest (a CSV/Parquet list), not both or neither")
     if c.allow_prefix and c.manifest is None:
@@ -107,7 +112,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--thumbnails", choices=THUMBNAIL_MODES, default="all", help="which rows get a heat-map thumbnail (default all)")
     p.add_argument("--max-pixels", type=int, default=d["max_pixels"].default, help="larger images are error rows (decompression bombs; default %(default)s)")
     p.add_argument("--max-bytes", type=int, default=d["max_bytes"].default, help="larger objects are error rows, not downloaded (default %(default)s)")
-    p.add_argument("--scan-id", default=None, help="name of this scan (default: start time + random suffix); re-running an id replaces that scan")
+    p.add_argument("--scan-id", default=None,
+                   help="name of this scan (default: start time + random suffix). Re-running an id replaces that scan; "
+                        "after a killed run it resumes: the kept listing, and only objects without staged rows are scored")
+    p.add_argument("--relist", action="store_true",
+                   help="when resuming a --scan-id, list the input again instead of reusing the killed run's listing")
+    p.add_argument("--max-error-fraction", type=float, default=d["max_error_fraction"].default,
+                   help="exit 7 when more than this share of the scan's rows are errors; the report is published all "
+                        "the same. Default %(default)s: an S3 outage or revoked credentials makes (nearly) every row an "
+                        "error, while corrupt uploads are rare in a healthy bucket; raise it for small incremental "
+                        "scans, where one persistently broken object is a large share. 1 never fails")
     p.add_argument("--rows-per-file", type=int, default=d["rows_per_file"].default, help="Parquet rows per file (default %(default)s)")
     p.add_argument("--runtime", choices=RUNTIMES, default=d["runtime"].default,
                    help="what runs the network: torch (the reference; GPU), openvino (CPU, ~3x faster, scores within "
@@ -120,6 +134,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "overlapping the model; with --use-gpu JPEGs are decoded on the GPU), tasks (separate Ray "
                         "tasks on the cluster's CPUs); auto (default): scorer")
     cli.add_allow_prefix_flag(p, "--manifest")
+    observe.add_flags(p)
     cli.add_debug_flag(p)
     return p
 

@@ -14,13 +14,21 @@ every incremental scan.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import storage
+from jobs.observe import logs
+from jobs.runtime import Progress
+from jobs.scan.incremental import ScoredIndex
 from jobs.storage.manifest import Manifest
 
 LISTING_SCHEMA = pa.schema([
@@ -29,6 +37,17 @@ LISTING_SCHEMA = pa.schema([
     pa.field("size_bytes", pa.int64()),  # null when a manifest does not say
 ])
 CHUNK_ROWS = 10_000
+
+
+@dataclass
+class Listing:
+    """What a scan scores: the listing blocks (minus the incremental skip) and its counts."""
+
+    blocks: list[pa.Table]
+    listed: int
+    skipped: int
+    dropped: Counter[str] = field(default_factory=Counter)
+    reused: bool = False  # read back from an earlier attempt (jobs.scan.resume), not listed again
 
 
 def list_input(
@@ -124,3 +143,50 @@ def _rechunk(tables: list[pa.Table], chunk_rows: int, *, final: bool) -> Iterato
             yield rest
         else:
             tables.append(rest)
+
+
+def scan_listing(config: Any, scan_id: str, model_version: str) -> Listing:
+    """What a scan of ``config`` (a ScanConfig) covers: the listing as Arrow tables, minus
+    what incremental mode skips; and the manifest rows left out, by reason (warned too)."""
+    index = None
+    if config.mode == "incremental":
+        index = ScoredIndex.from_reports(config.output, model_version, exclude_scan_ids={scan_id})
+        print(f"incremental: {len(index)} objects already scored by {model_version}", flush=True)
+    check_input_kind(config.input)
+    manifest = None if config.manifest is None else Manifest(config.manifest, allow_prefixes=config.allow_prefix or None)
+    progress = Progress(f"listing {config.input or config.manifest}")
+    blocks: list[pa.Table] = []
+    listed = skipped = 0
+    stats = storage.ListingStats()
+    for chunk in list_input(input=config.input, manifest=manifest, stats=stats):
+        n = chunk.num_rows
+        listed += n
+        if index is not None:
+            seen = index.contains(chunk["uri"], chunk["etag"])
+            skipped += int(seen.sum())
+            chunk = chunk.filter(pa.array(~seen))
+        if chunk.num_rows:
+            blocks.append(chunk)
+        progress.update(n, skipped=skipped)
+    progress.print(listed=listed, skipped=skipped)
+    if manifest is not None and manifest.dropped:
+        logs.warning(f"{manifest.dropped_text()} (allowed: {manifest.allowed})")
+    if stats.skipped:
+        logs.warning(stats.summary())
+    dropped = Counter(manifest.dropped if manifest is not None else {})
+    dropped.update({f"listing: {why}": n for why, n in stats.skipped.items()})
+    return Listing(blocks, listed, skipped, dropped)
+
+
+def check_input_kind(input: str | None) -> None:
+    """A local --input that exists but is neither a folder nor a file (a FIFO, a device,
+    a socket) is named for what it is, not "does not exist"."""
+    path = None if input is None or storage.is_s3(input) else storage.local_path_if_local(input)
+    try:
+        mode = os.stat(path).st_mode if path else None
+    except OSError:
+        return  # missing: the listing says so
+    if mode is not None and not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        kind = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
+        raise ValueError(f"--input {input} is {kind}, not a folder, file or s3:// prefix")

@@ -73,7 +73,7 @@ from ray.train.torch import TorchTrainer
 
 from detector.model import ARCHITECTURES, build_model
 from detector.presets import PRESETS
-from jobs import cli, storage
+from jobs import cli, observe, storage
 from jobs.runtime import ensure_ray
 from jobs.train import init_from
 from jobs.train.config import OPTIMIZERS, RECIPES, SCHEDULES, SELECT_BY, TrainConfig
@@ -137,6 +137,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=d["max_pixels"].default,
                    help="larger images are skipped as possible decompression bombs")
     cli.add_allow_prefix_flag(p, "a --data")
+    observe.add_flags(p, metrics_file=False, log_format=False)  # each epoch's metrics
     cli.add_debug_flag(p)
     return p
 
@@ -144,17 +145,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = vars(parser.parse_args(argv))
-    debug = args.pop("debug", False)
-    code, args = cli.run_main("train", lambda: init_from.adopt(args), debug=debug)  # a bad --init-from: exit 3
+    options = cli.job_options(parser, args)
+    code, args = cli.run_main("train", lambda: init_from.adopt(args), debug=options.debug)  # a bad --init-from: exit 3
     if args is None:
         return code
     config = cli.build_config(parser, TrainConfig, args)
-    code, _ = cli.run_main("train", lambda: (ensure_ray(), run(config)), debug=debug)
+    code, _ = cli.run_main("train", lambda: (ensure_ray(), run(config, metrics_push=options.metrics_push)),
+                           debug=options.debug)
     return code
 
 
-def run(config: TrainConfig) -> dict[str, Any]:
-    """Train, then publish the best checkpoint, metrics.json and the curves at config.output."""
+def run(config: TrainConfig, *, metrics_push: str | None = None) -> dict[str, Any]:
+    """Train, then publish the best checkpoint, metrics.json and the curves at config.output;
+    ``metrics_push``: a Pushgateway that rank 0 pushes each epoch's metrics to (jobs.observe.metrics)."""
     start = time.monotonic()
     data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed,
                          allow_prefixes=config.allow_prefix or None)
@@ -170,7 +173,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     _say_what_it_waits_for(config)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config(config, data),
+        train_loop_config={**loop_config(config, data), "metrics_push": metrics_push},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=RunConfig(

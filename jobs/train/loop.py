@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from detector.inference import score_images
 from detector.model import build_model
 from jobs.metrics import json_safe, validation_metrics
+from jobs.observe.metrics import push_train_epoch
 from jobs.runtime import Progress
 from jobs.train.config import TrainConfig
 from jobs.train.images import LabelledImages, collate_crops, collate_images
@@ -99,6 +100,7 @@ def train_loop(loop: dict[str, Any]) -> None:
         _check_skipped(state, len(loop["train"]) + len(loop["validation"]))
         if rank == 0:
             print(_epoch_line(entry, cfg.epochs), flush=True)
+            push_train_epoch(loop.get("metrics_push"), cfg.output, entry)  # --metrics-push
         _report(model, preset, entry, state, loop, rank, optimizer)
 
 

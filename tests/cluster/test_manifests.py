@@ -87,6 +87,12 @@ def option(tokens, flag):
     return tokens[tokens.index(flag) + 1] if flag in tokens else None
 
 
+def without(tokens, flag):
+    """``tokens`` less ``flag`` and its value."""
+    i = tokens.index(flag) if flag in tokens else len(tokens)
+    return tokens[:i] + tokens[i + 2:]
+
+
 def entrypoints():
     """(where, argv) of every command that runs a genscan job."""
     found = [(name, shlex.split(spec["entrypoint"])) for name, spec in job_specs()]
@@ -288,7 +294,8 @@ def test_entrypoints_are_the_local_commands():
         assert argv[:2] == ["python", "-m"] and argv[2] in {"jobs.train", "jobs.scan"}, where
         if argv[2] == "jobs.scan":
             assert option(argv, "--mode") == "incremental", where
-    scans = {tuple(argv) for _, argv in entrypoints() if argv[2] == "jobs.scan"}
+    # the same scan everywhere; the CronJob alone names its scan id after its hourly slot
+    scans = {tuple(without(argv, "--scan-id")) for _, argv in entrypoints() if argv[2] == "jobs.scan"}
     assert len(scans) == 1, f"the scan manifests run different scans: {scans}"
     assert any(argv[2] == "jobs.train" for _, argv in entrypoints())
 
@@ -424,7 +431,9 @@ def test_cronjob_submission_id_is_one_per_slot():
     assert re.search(r'list_jobs\(\)|job status', script), "must check for an earlier submission"
     options, _ = cronjob_submit()
     assert option(options, "--submission-id") == "$SUBMISSION_ID"
-    assert "--no-wait" in options
+    assert "--no-wait" not in options, "the pod must wait, so a failed scan fails the Job"
+    _, argv = cronjob_submit()
+    assert option(argv, "--scan-id") == "$SUBMISSION_ID", "a re-run of the slot's scan id resumes it"
 
 
 def test_cronjob_targets_the_raycluster():

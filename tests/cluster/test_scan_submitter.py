@@ -1,12 +1,13 @@
 """Runs the scheduled-scan submitter of cluster/kuberay/cronjob.scan.yaml against a real
-local Ray (token auth on), to prove its idempotency: one scan per hourly slot, none while
-an earlier scan runs, and a failed check fails the pod (so the Job retries) instead of
-skipping silently.
+local Ray (token auth on), to prove its idempotency (one scan per hourly slot, none while
+an earlier scan runs), that the pod ends with the scan's outcome (a failed scan fails the
+pod, and so the Job), and that a failed check fails the pod instead of skipping silently.
 
     .venv/bin/pytest tests/cluster/test_scan_submitter.py -q
 
 The container's script runs unchanged except for two stand-ins: `date` prints a chosen
-slot, and the scan entrypoint becomes a sleep (the real one would reach for S3).
+slot, and the scan entrypoint waits until the test writes an exit code for its slot into
+a file, then exits with it (the real one would reach for S3).
 """
 
 import os
@@ -22,6 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+
+from tests.helpers import terminate
 
 CRONJOB = Path(__file__).resolve().parents[2] / "cluster" / "kuberay" / "cronjob.scan.yaml"
 
@@ -83,12 +86,7 @@ def ray_head(tmp_path_factory):
             time.sleep(1)
         yield address, token
     finally:
-        head.terminate()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
+        terminate(head, 60)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -99,15 +97,19 @@ def submitter(tmp_path_factory):
     script = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
     lines = script.splitlines()
     (scan,) = [i for i, line in enumerate(lines) if line.lstrip().startswith("python -m jobs.scan")]
-    lines[scan] = "  python -c 'import time; time.sleep(600)'"
     folder = tmp_path_factory.mktemp("submitter")
+    (folder / "exit").mkdir()
+    lines[scan] = ("  python -c 'import pathlib, sys, time; f = pathlib.Path(sys.argv[1], sys.argv[2]); "
+                   "any(f.exists() or time.sleep(0.2) for _ in iter(int, 1)); sys.exit(int(f.read_text()))' "
+                   f"{folder / 'exit'} \"$SUBMISSION_ID\"")
     (folder / "date").write_text('#!/bin/sh\necho "$FAKE_SLOT"\n')
     (folder / "date").chmod(0o755)
     (folder / "submit.sh").write_text("\n".join(lines) + "\n")
     return folder
 
 
-def submit(submitter, ray_head, slot, token=None):
+def submit(submitter, ray_head, slot, token=None, wait=True):
+    """Run the pod's script for ``slot``: its CompletedProcess, or (``wait=False``) its Popen."""
     address, real_token = ray_head
     path = os.pathsep.join([str(submitter), str(Path(sys.executable).parent), os.environ["PATH"]])
     env = {
@@ -115,7 +117,21 @@ def submit(submitter, ray_head, slot, token=None):
         "RAY_DASHBOARD_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token or real_token,
     }
     script = str(submitter / "submit.sh")
+    if not wait:
+        return subprocess.Popen(["bash", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
+
+
+def finish(submitter, slot, code):
+    """Let the stand-in scan of ``slot`` exit with ``code``."""
+    (submitter / "exit" / f"scan-{slot}").write_text(str(code))
+
+
+def wait_until(predicate, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{predicate} stayed false"
+        time.sleep(0.5)
 
 
 def scan_jobs(ray_head):
@@ -129,35 +145,30 @@ def scan_jobs(ray_head):
     }
 
 
-def stop(ray_head, submission_id):
-    address, token = ray_head
-    auth = {"Authorization": f"Bearer {token}"}
-    requests.post(f"{address}/api/jobs/{submission_id}/stop", headers=auth, timeout=10).raise_for_status()
-    deadline = time.monotonic() + 180
-    while scan_jobs(ray_head)[submission_id] not in {"STOPPED", "SUCCEEDED", "FAILED"}:
-        assert time.monotonic() < deadline, f"{submission_id} did not stop"
-        time.sleep(0.5)
-
-
-def test_one_scan_per_slot_and_none_while_one_runs(ray_head, submitter):
-    first = submit(submitter, ray_head, "2026112506")
-    assert first.returncode == 0, first.stderr
-    assert set(scan_jobs(ray_head)) == {"scan-2026112506"}
-
-    retried = submit(submitter, ray_head, "2026112506")  # a retried pod of the same slot
-    assert retried.returncode == 0, retried.stderr
-    assert "not submitting scan-2026112506" in retried.stdout
+def test_one_scan_per_slot_none_while_one_runs_and_the_pod_ends_as_the_scan(ray_head, submitter):
+    first = submit(submitter, ray_head, "2026112506", wait=False)  # waits for its scan
+    wait_until(lambda: scan_jobs(ray_head).get("scan-2026112506") == "RUNNING" or first.poll() is not None)
+    assert first.poll() is None, first.communicate()
+    retried = submit(submitter, ray_head, "2026112506", wait=False)  # a retried pod of the same slot
 
     next_slot = submit(submitter, ray_head, "2026112507")  # the previous scan still runs
     assert next_slot.returncode == 0, next_slot.stderr
     assert "not submitting scan-2026112507: scan-2026112506 is" in next_slot.stdout
     assert set(scan_jobs(ray_head)) == {"scan-2026112506"}
 
-    stop(ray_head, "scan-2026112506")
-    after = submit(submitter, ray_head, "2026112507")
-    assert after.returncode == 0, after.stderr
+    finish(submitter, "2026112506", 0)  # the scan succeeds: both pods succeed
+    outputs = [pod.communicate(timeout=300) for pod in (first, retried)]
+    assert (first.returncode, retried.returncode) == (0, 0), outputs
+    assert "following scan-2026112506" in outputs[1][0]
+    assert set(scan_jobs(ray_head)) == {"scan-2026112506"}  # the retried pod submitted nothing
+
+    finish(submitter, "2026112507", 7)  # jobs.scan's "too many error rows"
+    failed = submit(submitter, ray_head, "2026112507")
+    assert failed.returncode != 0, "a failed scan must fail the pod, and so the Job"
+    assert scan_jobs(ray_head)["scan-2026112507"] == "FAILED"
+    again = submit(submitter, ray_head, "2026112507")  # the Job's retry: follows, still failed, no new scan
+    assert again.returncode != 0 and "following scan-2026112507" in again.stdout, again.stdout + again.stderr
     assert set(scan_jobs(ray_head)) == {"scan-2026112506", "scan-2026112507"}
-    stop(ray_head, "scan-2026112507")
 
 
 def test_a_failed_check_fails_the_pod(ray_head, submitter):
