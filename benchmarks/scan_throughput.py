@@ -328,9 +328,9 @@ def main(argv=None) -> None:
 
 def preset_row(name: str | None):
     """jobs.train's default preset (or ``name``) with its recipe's sizes and architecture."""
-    from jobs.train import RECIPES, get_args_parser
+    from jobs.train import RECIPES, TrainConfig
 
-    chosen = name or get_args_parser().get_default("preset")
+    chosen = name or TrainConfig.__dataclass_fields__["preset"].default
     recipe = RECIPES.get(chosen, {})
     return get_preset(chosen, image_size=recipe.get("image_size", 224)), recipe.get("arch", "resnet18")
 

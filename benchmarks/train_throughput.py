@@ -107,9 +107,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the recipe's)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPUs for every row (default all)")
     args = p.parse_args(argv)
-    from jobs.train import TrainConfig, get_args_parser
+    from jobs.train import TrainConfig
 
-    preset = args.preset or get_args_parser().get_default("preset")
+    preset = args.preset or TrainConfig.__dataclass_fields__["preset"].default
     load = os.getloadavg()
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="genscan-train-bench-") as tmp:

@@ -117,6 +117,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training samples drawn from each image per epoch (native: a new random crop each)")
     p.add_argument("--select-by", default=None, choices=SELECT_BY,
                    help="validation metric that picks the epoch published (the original: val_accuracy)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="weight averaging: validate and publish an exponential moving average of the weights "
+                        "(decay per step, e.g. 0.995), BatchNorm statistics recomputed on training crops before "
+                        "each validation; 0: off")
+    p.add_argument("--jpeg-prob", type=float, default=None,
+                   help="native preset: share of training crops re-compressed as JPEG, both classes (default 0.7)")
+    p.add_argument("--resample-prob", type=float, default=None,
+                   help="native preset: share of training crops down-scaled first, both classes (default 0.3)")
+    p.add_argument("--resample-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="native preset: the down-scaling factor's range (default 0.5 1.0)")
     p.add_argument("--weights", default=d["weights"].default,
                    help="initial weights: none (random), imagenet (torchvision's, needs the internet once) or a local file")
     p.add_argument("--init-from", default=None, metavar="MODEL",

@@ -53,6 +53,8 @@ def render_card(record: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{config.get('optimizer')} lr {config.get('lr')} ({config.get('schedule')}), weight decay "
         f"{config.get('weight_decay')}, label smoothing {config.get('label_smoothing')}, "
         f"{config.get('crops_per_image')} crops per image, seed {config.get('seed')}",
+        _averaging(config.get("ema_decay")),
+        _augmentation(meta.get("preset") or {}),
         f"- published epoch: {record['best_epoch']} of {len(record['history'])}, chosen by `{config.get('select_by')}` "
         f"on the validation split",
         "",
@@ -75,3 +77,19 @@ def render_card(record: dict[str, Any], meta: dict[str, Any]) -> str:
     warnings = (record.get("data_check") or {}).get("warnings") or []
     lines += [f"- dataset check: {w}" for w in warnings]
     return "\n".join(lines) + "\n"
+
+
+def _averaging(decay: Any) -> str:
+    if not decay:
+        return "- weight averaging: none (the published weights are those of the epoch's last step)"
+    return (f"- weight averaging: yes, an exponential moving average of the weights (decay {decay} per step), "
+            "BatchNorm statistics recomputed on training crops before each validation; the averaged weights "
+            "are the ones validated and published")
+
+
+def _augmentation(preset: dict[str, Any]) -> str:
+    if "jpeg_prob" not in preset:
+        return "- training augmentation: horizontal flips only"
+    return (f"- training augmentation, both classes: JPEG re-compression p {preset['jpeg_prob']} (quality "
+            f"{preset.get('jpeg_quality')}), down-scaling p {preset.get('resample_prob')} by "
+            f"{preset.get('resample_scale')}, blur p {preset.get('blur_prob')}")

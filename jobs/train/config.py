@@ -57,6 +57,11 @@ class TrainConfig:
     arch: str | None = None  # detector.model.ARCHITECTURES
     crops_per_image: int | None = None  # training samples per image per epoch (native: random crops)
     select_by: str | None = None  # the validation metric that picks the published epoch
+    ema_decay: float | None = None  # weight averaging (jobs/train/averaging.py); None or 0: off
+    # native only, the preset's training augmentation (detector/presets.py checks the bounds)
+    jpeg_prob: float | None = None
+    resample_prob: float | None = None
+    resample_scale: tuple[float, float] | None = None
     weights: str = "none"
     num_workers: int = 1
     cpus_per_worker: int | None = None  # None: the cluster's CPUs / num_workers, at most one node's (_fill_cpus)
@@ -73,11 +78,14 @@ class TrainConfig:
         object.__setattr__(self, "allow_prefix", tuple(self.allow_prefix or ()))  # the flag gives a list or None
         if self.preset is None:  # the flag's "not given" (--init-from then takes the model's)
             object.__setattr__(self, "preset", "native")
+        if self.resample_scale is not None:
+            object.__setattr__(self, "resample_scale", tuple(self.resample_scale))
         problems = cli.uri_problems(data=self.data, output=self.output, weights=self.weights, init_from=self.init_from)
         if self.init_from and self.weights != "none":
             problems.append("--init-from and --weights both give the initial weights; give one")
         problems += cli.finite_problems(lr=self.lr, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-                                        val_fraction=self.val_fraction, threshold_fpr=self.threshold_fpr)
+                                        val_fraction=self.val_fraction, threshold_fpr=self.threshold_fpr,
+                                        ema_decay=self.ema_decay)
         try:
             AllowedRoots(self.allow_prefix)
         except ValueError as e:
@@ -105,8 +113,10 @@ class TrainConfig:
             (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1), e.g. 0.1"),
             (16 <= self.image_size <= 4096, "--image-size must be 16-4096"),
-            ((self.tile_size is None and self.max_tiles is None) or self.preset == "native",
-             "--tile-size and --max-tiles are for --preset native only"),
+            (all(v is None for v in self._native_only().values()) or self.preset == "native",
+             "--tile-size, --max-tiles, --jpeg-prob, --resample-prob and --resample-scale are for --preset native only"),
+            (self.ema_decay is None or 0 <= self.ema_decay < 1,
+             "--ema-decay must be in [0, 1), e.g. 0.995 (0: no weight averaging)"),
             (self.arch in ARCHITECTURES, f"--arch must be one of {', '.join(ARCHITECTURES)}"),
             (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1, e.g. 0.2"),
             (self.max_failures >= -1, "--max-failures must be -1 (retry forever), 0 or more"),
@@ -130,12 +140,18 @@ class TrainConfig:
                 "schedule": self.schedule, "loss": "CrossEntropyLoss", "label_smoothing": self.label_smoothing,
                 "batch_size": self.batch_size, "epochs": self.epochs, "seed": self.seed,
                 "crops_per_image": self.crops_per_image, "select_by": self.select_by,
-                "weights": self.weights, "init_from": self.init_from, "threshold_fpr": self.threshold_fpr, "arch": self.arch}
+                "weights": self.weights, "init_from": self.init_from, "threshold_fpr": self.threshold_fpr, "arch": self.arch,
+                "ema_decay": self.ema_decay or None}
 
     def make_preset(self) -> Preset:
         """The preprocessing preset this run trains with (and its checkpoints record)."""
-        sizes = {k: v for k, v in (("tile_size", self.tile_size), ("max_tiles", self.max_tiles)) if v is not None}
-        return get_preset(self.preset, image_size=self.image_size, **sizes)
+        overrides = {k: v for k, v in self._native_only().items() if v is not None}
+        return get_preset(self.preset, image_size=self.image_size, **overrides)
+
+    def _native_only(self) -> dict[str, Any]:
+        """The native preset's parameters a flag may override (None: the preset's default)."""
+        return {"tile_size": self.tile_size, "max_tiles": self.max_tiles, "jpeg_prob": self.jpeg_prob,
+                "resample_prob": self.resample_prob, "resample_scale": self.resample_scale}
 
 
 def _normal(uri: str) -> str:

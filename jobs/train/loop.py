@@ -19,6 +19,8 @@ Checkpoint, written by rank 0 each epoch into Ray Train's checkpoint folder:
 ``model.safetensors`` (detector.checkpoint: weights, preset, this epoch's calibrated
 threshold and metrics), ``optimizer.pt`` (optimizer state and epoch, tensors only:
 ``torch.load(weights_only=True)``) and ``state.json`` (history, skipped files, resumes).
+With ``--ema-decay`` the weights validated and checkpointed are the average
+(jobs/train/averaging.py), and the weights the optimizer steps go beside them.
 A restarted worker group, or a re-run with the same ``--output``, resumes from the
 latest one (``ray.train.get_checkpoint()``).
 """
@@ -45,6 +47,7 @@ from detector.model import build_model
 from jobs.metrics import json_safe, validation_metrics
 from jobs.observe.metrics import push_train_epoch
 from jobs.runtime import Progress
+from jobs.train.averaging import WeightAverage
 from jobs.train.config import TrainConfig
 from jobs.train.images import LabelledImages, collate_crops, collate_images
 from jobs.train.run_state import TrainState, epoch_dir_name, read_epoch, write_epoch
@@ -71,8 +74,11 @@ def train_loop(loop: dict[str, Any]) -> None:
     model = build_model("none", arch=cfg.arch)
     if loop["init_weights"] is not None:
         model.load_state_dict(ray.get(loop["init_weights"]))
-    optimizer_state, state = _restore(model, rank, world)
+    optimizer_state, averaged_state, state = _restore(model, rank, world)
     model = ray.train.torch.prepare_model(model.to(memory_format=memory_format))  # DDP
+    average = WeightAverage(_bare(model), cfg.ema_decay) if cfg.ema_decay else None  # --ema-decay
+    if average is not None and averaged_state is not None:
+        average.load(averaged_state)
     optimizer = _optimizer(model, cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -87,9 +93,14 @@ def train_loop(loop: dict[str, Any]) -> None:
         progress = Progress(f"epoch {epoch}/{cfg.epochs} train images", len(train_loader.dataset), every_s=10)
         lr_at = _lr_schedule(cfg, first_step=(epoch - 1) * len(train_loader), steps=cfg.epochs * len(train_loader))
         train = _train_one_epoch(model, train_loader, optimizer, to_input, progress if rank == 0 else None, world,
-                                 lr_at, cfg.label_smoothing)
+                                 lr_at, cfg.label_smoothing, average)
         train_seconds = time.monotonic() - start
-        val = _evaluate(_bare(model), preset, val_loader, memory_format, cfg.threshold_fpr)
+        if average is not None:  # the averaged weights are validated and published
+            train["bn_recalibration_crops"] = average.recalibrate(
+                train_loader.dataset, to_input, rank=rank, world=world, batch_size=train_loader.batch_size,
+                seed=cfg.seed, epoch=epoch) * world
+        val = _evaluate(average.module if average else _bare(model), preset, val_loader, memory_format,
+                        cfg.threshold_fpr)
         for found in _gather({**train.pop("skipped"), **val.pop("skipped")}):
             state.skipped.update(found)
         entry = {"epoch": epoch, **train, **val, "seconds": round(time.monotonic() - start, 3),
@@ -101,22 +112,23 @@ def train_loop(loop: dict[str, Any]) -> None:
         if rank == 0:
             print(_epoch_line(entry, cfg.epochs), flush=True)
             push_train_epoch(loop.get("metrics_push"), cfg.output, entry)  # --metrics-push
-        _report(model, preset, entry, state, loop, rank, optimizer)
+        _report(model, average, preset, entry, state, loop, rank, optimizer)
 
 
-def _restore(model: torch.nn.Module, rank: int, world: int) -> tuple[dict | None, TrainState]:
-    """Load the latest checkpoint into ``model``, if this run has one: after a worker
-    failure, or when a re-run finds the run folder of an earlier one."""
+def _restore(model: torch.nn.Module, rank: int, world: int) -> tuple[dict | None, dict | None, TrainState]:
+    """Load the latest checkpoint's training weights into ``model``, if this run has one:
+    after a worker failure, or when a re-run finds the run folder of an earlier one.
+    Returns (optimizer state, averaged weights or None, state)."""
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
-        return None, TrainState()
+        return None, None, TrainState()
     with checkpoint.as_directory() as d:
-        model_state, optimizer_state, state = read_epoch(d)
+        model_state, optimizer_state, state, averaged_state = read_epoch(d)
     model.load_state_dict(model_state)
     state.resumes.append({"from_epoch": state.epoch, "world_size": world})
     if rank == 0:
         print(f"resuming from the checkpoint of epoch {state.epoch}", flush=True)
-    return optimizer_state, state
+    return optimizer_state, averaged_state, state
 
 
 def _loaders(loop, preset, rank, world, cpus, device) -> tuple[DataLoader, DataLoader]:
@@ -165,7 +177,8 @@ def _lr_schedule(cfg: TrainConfig, first_step: int, steps: int):
     return lr_at
 
 
-def _train_one_epoch(model, loader, optimizer, to_input, progress, world, lr_at, smoothing) -> dict[str, Any]:
+def _train_one_epoch(model, loader, optimizer, to_input, progress, world, lr_at, smoothing,
+                     average: WeightAverage | None) -> dict[str, Any]:
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
     skipped: dict[str, str] = {}
@@ -181,6 +194,8 @@ def _train_one_epoch(model, loader, optimizer, to_input, progress, world, lr_at,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update(_bare(model))
         correct = ((logits.argmax(1) == y).float() * ok).sum()
         totals += torch.stack([(losses.detach() * ok).sum(), correct, ok.sum()]).double().cpu()
         if progress is not None:
@@ -217,15 +232,17 @@ def _evaluate(model, preset, loader, memory_format, target_fpr: float) -> dict[s
             "val_images": len(label), "skipped": skipped}
 
 
-def _report(model, preset, entry, state, loop, rank, optimizer) -> None:
-    """Every rank reports the epoch's metrics; rank 0 attaches the checkpoint."""
+def _report(model, average, preset, entry, state, loop, rank, optimizer) -> None:
+    """Every rank reports the epoch's metrics; rank 0 attaches the checkpoint: the averaged
+    weights when averaging (what was validated), the training weights beside them."""
     metrics = {k: v for k, v in entry.items() if isinstance(v, (int, float))}
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:  # Ray Train copies it into the run folder
-        write_epoch(d, model, optimizer, state, preset=preset, threshold=entry["threshold"],
-                    metrics=json_safe(metrics), data_summary=loop["data_summary"], recipe=loop["config"].recipe)
+        write_epoch(d, average.module if average else model, optimizer, state, preset=preset,
+                    threshold=entry["threshold"], metrics=json_safe(metrics), data_summary=loop["data_summary"],
+                    recipe=loop["config"].recipe, training_model=_bare(model) if average else None)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                          checkpoint_dir_name=epoch_dir_name(state.epoch))
 

@@ -3,10 +3,13 @@ epochs, restarts and re-runs. One home for the layout of ``--output/ray-train/``
 
     ray-train/genscan-run.json                       # the data and recipe (claim_run_dir)
     ray-train/checkpoint_epoch_NNNN/model.safetensors  # detector.checkpoint: weights, preset, threshold
+    ray-train/checkpoint_epoch_NNNN/training_weights.safetensors  # --ema-decay only: the raw weights
     ray-train/checkpoint_epoch_NNNN/optimizer.pt       # optimizer state (tensors only)
     ray-train/checkpoint_epoch_NNNN/state.json         # TrainState: history, skipped files, resumes
 
-Everything but the optimizer state is plain JSON or safetensors, so reading it never
+With ``--ema-decay``, ``model.safetensors`` holds the averaged weights (validated and
+published) and ``training_weights.safetensors`` the weights the optimizer steps, which a
+resumed run continues from. Everything but the optimizer state is plain JSON or safetensors, so reading it never
 runs code; ``optimizer.pt`` is read with ``torch.load(weights_only=True)``.
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.presets import Preset
@@ -33,6 +37,7 @@ RUN_DIR = "ray-train"  # Ray Train's run folder inside --output; a stable name m
 RUN_SPEC_FILE = "genscan-run.json"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+TRAINING_WEIGHTS_FILE = "training_weights.safetensors"
 # A resumed run must see the same data and the same recipe; these may change between runs.
 MAY_CHANGE = ("output", "epochs", "num_workers", "cpus_per_worker", "use_gpu", "max_failures")
 
@@ -64,19 +69,28 @@ def epoch_dir_name(epoch: int) -> str:
 
 def write_epoch(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, *,
                 preset: Preset, threshold: float, metrics: dict[str, Any], data_summary: dict[str, Any],
-                recipe: dict[str, Any]) -> None:
-    """The three files of one epoch's checkpoint, into ``folder``."""
+                recipe: dict[str, Any], training_model: torch.nn.Module | None = None) -> None:
+    """The files of one epoch's checkpoint, into ``folder``: ``model`` is the one published;
+    ``training_model``, when weights are averaged, the one the optimizer steps."""
     save_checkpoint(folder, model, preset=preset, threshold=threshold, metrics=metrics, data=data_summary,
                     extra={"training": recipe})
+    if training_model is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in training_model.state_dict().items()},
+                  os.path.join(folder, TRAINING_WEIGHTS_FILE))
     torch.save({"optimizer": optimizer.state_dict(), "epoch": state.epoch}, os.path.join(folder, OPTIMIZER_FILE))
     Path(folder, STATE_FILE).write_text(state.to_json())
 
 
-def read_epoch(folder: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], TrainState]:
-    """(model state dict, optimizer state, TrainState) of an epoch's checkpoint folder."""
-    model_state = load_checkpoint(folder).model.state_dict()
+def read_epoch(folder: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], TrainState, dict[str, torch.Tensor] | None]:
+    """(training weights, optimizer state, TrainState, averaged weights or None) of an
+    epoch's checkpoint folder."""
+    published = load_checkpoint(folder).model.state_dict()
     saved = torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    return model_state, saved["optimizer"], TrainState.from_json((Path(folder) / STATE_FILE).read_text())
+    state = TrainState.from_json((Path(folder) / STATE_FILE).read_text())
+    raw = Path(folder) / TRAINING_WEIGHTS_FILE
+    if raw.exists():
+        return load_file(str(raw)), saved["optimizer"], state, published
+    return published, saved["optimizer"], state, None
 
 
 def read_file(checkpoint: Any, name: str) -> bytes:
