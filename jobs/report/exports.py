@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from jobs.plots import scan_histogram_png, scan_histograms_png
 from jobs.report.page import ScanPanel, page_thumbnail, render_page
 from jobs.report.schema import REPORT_SCHEMA, parquet_write_options
 from jobs.report.selection import (
@@ -49,10 +48,12 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def histograms_png(light: pa.Table, scans: list[ScanStats]) -> bytes:
     """One histogram panel per scan (the latest ``MAX_HISTOGRAM_PANELS``)."""
+    from jobs import plots  # matplotlib here, not in every importer of the report code (scan workers)
+
     shown = scans[-MAX_HISTOGRAM_PANELS:]
     if not shown:
-        return scan_histogram_png([], title="no images selected")
-    return scan_histograms_png([(_histogram_title(s), _scores(light, s.scan_id), s.threshold) for s in shown])
+        return plots.scan_histogram_png([], title="no images selected")
+    return plots.scan_histograms_png([(_histogram_title(s), _scores(light, s.scan_id), s.threshold) for s in shown])
 
 
 def review_html(dataset: ds.Dataset, config: ReportConfig, light: pa.Table, scans: list[ScanStats],
@@ -82,9 +83,11 @@ def review_html(dataset: ds.Dataset, config: ReportConfig, light: pa.Table, scan
         f"; the {len(rows)} highest-scoring are listed (raise --html-limit or narrow the selection)" if total > len(rows) else "")]
     if config.threshold is not None:
         notes.append(f"flagged re-decided at threshold {config.threshold:g}")
+    from jobs import plots  # see histograms_png
+
     cards = {m: read_card(m) for m in set((models or {}).values())}
     panels = [ScanPanel(scan_id=s.scan_id, facts=_facts(s), card=cards.get((models or {}).get(s.scan_id, "")),
-                        histogram_png=scan_histogram_png(_scores(light, s.scan_id), threshold=s.threshold, title=_histogram_title(s)))
+                        histogram_png=plots.scan_histogram_png(_scores(light, s.scan_id), threshold=s.threshold, title=_histogram_title(s)))
               for s in scans[-MAX_HISTOGRAM_PANELS:]]
     return render_page(rows, title="genscan review: flagged images" if config.html_rows == "flagged" else "genscan review",
                        scans=panels, notes=notes, flagged_only=True)

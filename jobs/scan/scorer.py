@@ -7,6 +7,7 @@ decode passes through as a row with ``error`` set.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from datetime import datetime, timezone
@@ -122,8 +123,10 @@ class FetchScorer(Scorer):
     Ray Data runs it as a threaded actor with two calls at once: while one batch is in the
     model (OpenVINO and torch release the GIL), the other is read and decoded (PIL too),
     so one actor keeps the cores busy with no decoded pixels crossing the object store
-    (~0.8 MB per 512-px picture) and no separate fetch workers to start. The model part is
-    serialised by a lock: one compiled model, one inference at a time, all its threads.
+    (~0.8 MB per 512-px picture) and no separate fetch workers to start. With OpenVINO the
+    two calls score at the same time too (each has its own requests on the runtime's
+    single-threaded streams: detector.backends); torch's model part is serialised by a
+    lock, as two calls would each start all its threads.
 
     With ``use_gpu`` the JPEGs of each batch are decoded on the GPU (nvJPEG, batched;
     detector.device_decode), the rest on the CPU threads.
@@ -137,7 +140,7 @@ class FetchScorer(Scorer):
         self._fetch = {"preset": preset, "max_pixels": max_pixels, "max_bytes": max_bytes,
                        "keep_view": self.thumbnails != "none",
                        "device": "cuda" if kwargs.get("use_gpu") else None}  # GPU scans decode JPEGs there
-        self._model_lock = threading.Lock()
+        self._model_lock = threading.Lock() if self.detector.runtime != "openvino" else contextlib.nullcontext()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         prepared = fetch_and_prepare(batch, **self._fetch)

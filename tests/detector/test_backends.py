@@ -84,3 +84,30 @@ def test_converted_network_is_cached_per_model_version(tmp_path, monkeypatch):
     for a, b, c in zip(first, again, changed):
         torch.testing.assert_close(b, a, atol=0.05, rtol=0)
         assert (c - a).abs().max() > 0.5
+
+
+def test_openvino_streams_split_batches_and_serve_threads_at_once():
+    """A batch split over the streams scores each tile as the whole batch on one stream
+    does, and two threads calling at once (the FetchScorer's two calls, no lock) each get
+    their own tiles' results back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    model = build_model("none", arch="resnet18-npr").eval()
+    preset = get_preset("native", image_size=32, tile_size=64, max_tiles=1)
+    x = torch.from_numpy(np.stack([a[:64, :64].transpose(2, 0, 1) for a in pictures(12)]))
+    one = make_features("openvino", model, preset, num_threads=1)
+    two = make_features("openvino", model, preset, num_threads=2)
+    assert two.streams == 2
+    pooled_ref, cam_ref = one(x)
+    pooled, cam = two(x)  # halves on two streams
+    assert pooled.shape == pooled_ref.shape and cam.shape == cam_ref.shape
+    torch.testing.assert_close(pooled, pooled_ref, rtol=0.02, atol=1e-3)
+    batches = [x[i:i + 5] for i in range(0, 12, 2)]  # overlapping, different batches
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(two, batches * 4))
+    for b, (p, c) in zip(batches * 4, results):
+        p_ref, c_ref = one(b)
+        torch.testing.assert_close(p, p_ref, rtol=0.02, atol=1e-3)
+        torch.testing.assert_close(c, c_ref, rtol=0.02, atol=1e-2)
+    assert len(two(x[:1])[0]) == 1  # fewer tiles than streams
