@@ -80,8 +80,9 @@ class Preset:
         return (batch.float().div_(255.0) - mean) / std
 
     # -- training --------------------------------------------------------------------
-    def train_crop(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
-        """One RGB PIL image -> an augmented uint8 (3, h, w) training input."""
+    def train_crop(self, image: Image.Image, rng: random.Random | None = None, *, fake: bool = False) -> torch.Tensor:
+        """One RGB PIL image -> an augmented uint8 (3, h, w) training input (``fake``: its label,
+        for augmentation that applies to one class only)."""
         raise NotImplementedError
 
     # -- serialisation ---------------------------------------------------------------
@@ -107,7 +108,7 @@ class BaselinePreset(Preset):
     def prepare(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
         return self._resized(image).unsqueeze(0), np.array([[0, 0, image.width, image.height]], np.int32)
 
-    def train_crop(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+    def train_crop(self, image: Image.Image, rng: random.Random | None = None, *, fake: bool = False) -> torch.Tensor:
         x = self._resized(image)
         return x.flip(-1) if (rng or random).random() < self.hflip_prob else x
 
@@ -127,10 +128,14 @@ class NativeCropPreset(Preset):
     jpeg_quality: tuple[int, int] = (50, 100)
     resample_prob: float = 0.3  # down-scale a region by resample_scale before cropping
     resample_scale: tuple[float, float] = (0.5, 1.0)
+    # Fakes only: the share of crops first put through a real photo's processing (squash_like_a_photo).
+    # Off by default; docs/QUALITY.md round 5 measures it.
+    squash_fake_prob: float = 0.0
 
     def problems(self) -> list[str]:
         p = super().problems() + _probabilities(hflip_prob=self.hflip_prob, blur_prob=self.blur_prob,
-                                                jpeg_prob=self.jpeg_prob, resample_prob=self.resample_prob)
+                                                jpeg_prob=self.jpeg_prob, resample_prob=self.resample_prob,
+                                                squash_fake_prob=self.squash_fake_prob)
         if not 32 <= self.tile_size <= MAX_SIDE or not 1 <= self.max_tiles <= 64:
             p.append(f"tile_size must be 32-{MAX_SIDE} and max_tiles 1-64, got {self.tile_size}, {self.max_tiles}")
         lo, hi = self.jpeg_quality
@@ -158,17 +163,22 @@ class NativeCropPreset(Preset):
         tiles = torch.stack([pixels[:, t:b, l:r] for l, t, r, b in boxes.tolist()])
         return tiles, boxes
 
-    def train_crop(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+    def train_crop(self, image: Image.Image, rng: random.Random | None = None, *, fake: bool = False) -> torch.Tensor:
         """A random ``image_size`` crop (smaller when the picture is), augmented: a region a
-        little larger than the crop is taken at a multiple-of-8 offset, maybe down-scaled,
-        blurred and re-compressed as JPEG, then cropped at an even offset."""
+        little larger than the crop is taken at a multiple-of-8 offset, maybe (fakes only)
+        processed like a real photo, maybe down-scaled, blurred and re-compressed as JPEG,
+        then cropped at an even offset."""
         rng = rng or random
         crop = min(self.image_size, image.width, image.height)
         scale = rng.uniform(*self.resample_scale) if rng.random() < self.resample_prob else 1.0
-        side = min(math.ceil((crop + 8) / scale) + 2, image.width, image.height)
+        squash = fake and self.squash_fake_prob > 0 and rng.random() < self.squash_fake_prob  # 0: the same draws as before
+        # + 16 when squashing: room for the resampling kernels' borders
+        side = min(math.ceil((crop + 8 + 16 * squash) / scale) + 2, image.width, image.height)
         left = rng.randrange(0, (image.width - side) // 8 + 1) * 8
         top = rng.randrange(0, (image.height - side) // 8 + 1) * 8
         region = image.crop((left, top, left + side, top + side))
+        if squash:
+            region = squash_like_a_photo(region, rng)
         if scale < 1.0:
             size = max(crop, round(side * scale))
             region = region.resize((size, size), rng.choice((Image.BICUBIC, Image.BILINEAR, Image.LANCZOS)))
@@ -191,6 +201,24 @@ def _spread(span: int, n: int) -> list[int]:
 
 def _probabilities(**values: float) -> list[str]:
     return [f"{k} must be a probability in [0, 1], got {v}" for k, v in values.items() if not 0 <= v <= 1]
+
+
+SQUASH_FACTOR = (0.7, 1.4)  # the made-up original's side / the stored side, per axis (log-uniform)
+SQUASH_QUALITY = (70, 95)  # the made-up original's JPEG quality
+
+
+def squash_like_a_photo(region: Image.Image, rng: random.Random) -> Image.Image:
+    """``region`` processed as a data set's real photos often are: as if its picture had been
+    a JPEG of another size and aspect (SQUASH_*) resized to the stored size without keeping
+    the aspect, then saved at JPEG q95 (sd-coco-dev's own SOURCE.md: COCO and ImageNet
+    photos -> LANCZOS 512 x 512 -> q95; its fakes skipped both steps). Applied to fakes, it
+    stops "resampled and compressed twice" from meaning "real". The region must sit on the
+    picture's 8-pixel grid so the last JPEG's blocks fall where the stored file's did."""
+    w, h = region.size
+    fx, fy = (math.exp(rng.uniform(*map(math.log, SQUASH_FACTOR))) for _ in range(2))
+    original = region.resize((max(8, round(w * fx)), max(8, round(h * fy))), Image.BICUBIC)
+    original = reencode_jpeg(original, rng.randint(*SQUASH_QUALITY))
+    return reencode_jpeg(original.resize((w, h), Image.LANCZOS), 95)
 
 
 def reencode_jpeg(image: Image.Image, quality: int) -> Image.Image:

@@ -127,6 +127,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="native preset: share of training crops down-scaled first, both classes (default 0.3)")
     p.add_argument("--resample-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="native preset: the down-scaling factor's range (default 0.5 1.0)")
+    p.add_argument("--squash-fake-prob", type=float, default=None,
+                   help="native preset: share of fake training crops first processed like a real photo "
+                        "(resized from another size and aspect, JPEG twice; detector/presets.py); default 0")
     p.add_argument("--weights", default=d["weights"].default,
                    help="initial weights: none (random), imagenet (torchvision's, needs the internet once) or a local file")
     p.add_argument("--init-from", default=None, metavar="MODEL",

@@ -92,4 +92,6 @@ def _augmentation(preset: dict[str, Any]) -> str:
         return "- training augmentation: horizontal flips only"
     return (f"- training augmentation, both classes: JPEG re-compression p {preset['jpeg_prob']} (quality "
             f"{preset.get('jpeg_quality')}), down-scaling p {preset.get('resample_prob')} by "
-            f"{preset.get('resample_scale')}, blur p {preset.get('blur_prob')}")
+            f"{preset.get('resample_scale')}, blur p {preset.get('blur_prob')}"
+            + (f"; fakes only: processed like a real photo (resized from another size and aspect, JPEG twice) "
+               f"p {preset['squash_fake_prob']}" if preset.get("squash_fake_prob") else ""))

@@ -62,6 +62,7 @@ class TrainConfig:
     jpeg_prob: float | None = None
     resample_prob: float | None = None
     resample_scale: tuple[float, float] | None = None
+    squash_fake_prob: float | None = None
     weights: str = "none"
     num_workers: int = 1
     cpus_per_worker: int | None = None  # None: the cluster's CPUs / num_workers, at most one node's (_fill_cpus)
@@ -114,7 +115,8 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1), e.g. 0.1"),
             (16 <= self.image_size <= 4096, "--image-size must be 16-4096"),
             (all(v is None for v in self._native_only().values()) or self.preset == "native",
-             "--tile-size, --max-tiles, --jpeg-prob, --resample-prob and --resample-scale are for --preset native only"),
+             "--tile-size, --max-tiles, --jpeg-prob, --resample-prob, --resample-scale and --squash-fake-prob "
+             "are for --preset native only"),
             (self.ema_decay is None or 0 <= self.ema_decay < 1,
              "--ema-decay must be in [0, 1), e.g. 0.995 (0: no weight averaging)"),
             (self.arch in ARCHITECTURES, f"--arch must be one of {', '.join(ARCHITECTURES)}"),
@@ -151,7 +153,8 @@ class TrainConfig:
     def _native_only(self) -> dict[str, Any]:
         """The native preset's parameters a flag may override (None: the preset's default)."""
         return {"tile_size": self.tile_size, "max_tiles": self.max_tiles, "jpeg_prob": self.jpeg_prob,
-                "resample_prob": self.resample_prob, "resample_scale": self.resample_scale}
+                "resample_prob": self.resample_prob, "resample_scale": self.resample_scale,
+                "squash_fake_prob": self.squash_fake_prob}
 
 
 def _normal(uri: str) -> str:

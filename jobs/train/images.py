@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from detector.decode import decode_image
 from detector.errors import ImageDecodeError
+from detector.model import FAKE
 from detector.presets import Preset
 from jobs import storage
 
@@ -50,7 +51,7 @@ class LabelledImages(Dataset):
         except (ImageDecodeError, OSError, ValueError) as e:
             return self._placeholder(), label, i, f"{type(e).__name__}: {e}"
         if self.train:
-            return self.preset.train_crop(image), label, i, ""
+            return self.preset.train_crop(image, fake=label == FAKE), label, i, ""
         tiles, boxes = self.preset.prepare(image)
         return (tiles, boxes, image.width, image.height), label, i, ""
 

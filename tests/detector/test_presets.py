@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision import transforms
 
-from detector.presets import PRESETS, get_preset, preset_from_dict
+from detector.presets import PRESETS, get_preset, preset_from_dict, squash_like_a_photo
 from tests.helpers import make_image
 
 ORIGINAL_NORMALIZE = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -68,6 +68,35 @@ def test_native_training_crops_are_bounded_by_the_picture_not_padded():
     found = [(y, x) for y in range(0, 200 - 95) for x in range(0, 300 - 95)
              if (pixels[:, y:y + 96, x:x + 96] == crop).all()]
     assert found and all(y % 2 == 0 and x % 2 == 0 for y, x in found)  # unresampled, on NPR's 2x2 grid
+
+
+def test_squash_fake_prob_processes_fake_crops_only_and_keeps_the_jpeg_grid():
+    img = make_image(300, 200)
+    pixels = np.asarray(img).transpose(2, 0, 1)
+    off = dict(image_size=96, jpeg_prob=0.0, blur_prob=0.0, hflip_prob=0.0, resample_prob=0.0)
+    on = get_preset("native", squash_fake_prob=1.0, **off)
+
+    def unresampled(crop):
+        return any((pixels[:, y:y + 96, x:x + 96] == crop).all() for y in range(0, 105, 2) for x in range(0, 205, 2))
+
+    real = on.train_crop(img, random.Random(0), fake=False).numpy()
+    assert unresampled(real)  # reals are never squashed
+    fake = on.train_crop(img, random.Random(0), fake=True).numpy()
+    assert fake.shape == (3, 96, 96) and not unresampled(fake)
+    # probability 0 takes the same random draws as a preset without the option: old recipes reproduce
+    plain = get_preset("native", **off)
+    for fake_label in (False, True):
+        a = plain.train_crop(img, random.Random(3), fake=fake_label)
+        torch.testing.assert_close(a, get_preset("native", squash_fake_prob=0.0, **off).train_crop(
+            img, random.Random(3), fake=fake_label))
+
+
+def test_squash_like_a_photo_keeps_the_size_and_is_reproducible():
+    region = make_image(112, 112)
+    out = squash_like_a_photo(region, random.Random(1))
+    assert out.size == region.size and out.mode == "RGB"
+    assert np.abs(np.asarray(out, np.int16) - np.asarray(region, np.int16)).mean() > 1  # it did process
+    assert out.tobytes() == squash_like_a_photo(region, random.Random(1)).tobytes()  # the seed decides it
 
 
 @pytest.mark.parametrize("params, words", [
