@@ -129,6 +129,9 @@ class ScoringGraph(nn.Module):
         return a.mean(dim=(2, 3)), torch.einsum("bchw,c->bhw", a, self.weights.to(a.device))
 
 
+_START_LOCK = threading.Lock()
+
+
 class OpenVINOFeatures:
     """A ``ScoringGraph`` converted to OpenVINO once, compiled per input (H, W) on first use.
 
@@ -186,8 +189,12 @@ class OpenVINOFeatures:
         requests = self._requests(x.shape[2], x.shape[3])
         array = x.contiguous().numpy()
         parts = [p for p in np.array_split(array, max(1, min(len(requests), len(array)))) if len(p)]
-        for request, part in zip(requests, parts):
-            request.start_async(part)
+        # Starting is serialised across threads: the first tensor.shape set in pyopenvino runs a C++
+        # static initialiser that deadlocked two threads starting at once (both in __cxa_guard_acquire,
+        # a CI run of test_scan_s3). Starting only copies the input in; the inferences still overlap.
+        with _START_LOCK:
+            for request, part in zip(requests, parts):
+                request.start_async(part)
         outs = []
         for request in requests[:len(parts)]:
             request.wait()
