@@ -3,7 +3,8 @@ docs/QUALITY.md.
 
 - the held-out validation split of ``--data`` (the training run's ``--seed`` and
   ``--val-fraction``): AUC, TPR at 1% and 5% FPR, and the AUC change when the same images
-  are re-saved as JPEG q90/q75/q50 or down-scaled by 0.5 (``jobs.evaluate``);
+  are re-saved as JPEG q90/q75/q50 or down-scaled by 0.5 (``jobs.evaluate``), each with
+  its 95% bootstrap interval (the changes paired: the same resampled images before and after);
 - ``multigen-probe`` (fakes of 9 generators, never trained on): the share of each
   generator's images flagged at the model's own calibrated threshold (its 5%-FPR
   threshold on real validation photos), scored exactly as a scan scores them;
@@ -50,6 +51,10 @@ def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16) -> d
     return out
 
 
+def _span(v: list[float], fmt: str = ".3f") -> str:
+    return f"[{v[0]:{fmt}}, {v[1]:{fmt}}]"
+
+
 def main(argv=None) -> None:
     p = model_quality_parser(__doc__)
     p.add_argument("--runtime", default="torch", help="torch (the reference) or openvino")
@@ -63,12 +68,16 @@ def main(argv=None) -> None:
         "model_version": detector.model_version, "threshold": detector.threshold,
         "val_auc": val["auc"], "val_tpr_at_1pct_fpr": val["tpr_at_1pct_fpr"], "val_tpr_at_5pct_fpr": val["tpr_at_5pct_fpr"],
         **{f"auc_change_{k}": v["auc_change"] for k, v in val["robustness"].items()},
+        # 95% bootstrap intervals over the held-out images (jobs.metrics.Bootstrap; changes paired)
+        "val_auc_interval": val["intervals"]["auc"], "val_tpr_at_5pct_fpr_interval": val["intervals"]["tpr_at_5pct_fpr"],
+        **{f"auc_change_{k}_interval": v["auc_change_interval"] for k, v in val["robustness"].items()},
         "multigen_flagged": multigen, "cifake_auc": cifake["auc"],
     }
-    print(f"validation ({val['n']} images): AUC {val['auc']:.4f}, TPR@1% {val['tpr_at_1pct_fpr']:.3f}, "
-          f"TPR@5% {val['tpr_at_5pct_fpr']:.3f}")
+    iv = val["intervals"]
+    print(f"validation ({val['n']} images): AUC {val['auc']:.4f} {_span(iv['auc'])}, TPR@1% {val['tpr_at_1pct_fpr']:.3f}, "
+          f"TPR@5% {val['tpr_at_5pct_fpr']:.3f} {_span(iv['tpr_at_5pct_fpr'])}   (95% intervals, resampling the images)")
     for k, v in val["robustness"].items():
-        print(f"  {k}: AUC {v['auc']:.4f} ({v['auc_change']:+.4f})")
+        print(f"  {k}: AUC {v['auc']:.4f} ({v['auc_change']:+.4f} {_span(v['auc_change_interval'], '+.3f')})")
     print("multigen-probe flagged at the model's threshold: " + ", ".join(f"{g} {v:.0%}" for g, v in multigen.items()))
     print(f"cifake-4k ({cifake['n']} images): AUC {cifake['auc']:.4f}")
     print(json_line(row))

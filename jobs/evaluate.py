@@ -13,6 +13,9 @@ Reported (fake is the positive class): accuracy and the confusion matrix at the
 checkpoint's threshold, balanced accuracy, ROC AUC, average precision, TPR at 1% and 5%
 FPR, a per-subfolder breakdown; with ``--robustness`` the same on transformed copies
 made on the fly (JPEG re-compression, 0.5x downscale, centre crop), with the AUC change.
+With both classes present, 95% bootstrap intervals of AUC and TPR (``intervals``) and of
+each AUC change (paired: the same resamples before and after) say which differences this
+many images can show.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from detector.errors import ImageDecodeError
 from detector.inference import Detector, score_images
 from detector.model import FAKE
 from jobs import cli, storage
-from jobs.metrics import binary_metrics
+from jobs.metrics import Bootstrap, binary_metrics, interval
 from jobs.robustness import ROBUSTNESS, TRANSFORMS
 from jobs.storage.allowed import AllowedRoots
 from jobs.storage.models import CARD_FILE, load_model, read_card
@@ -114,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def run(config: EvaluateConfig) -> dict[str, Any]:
+def run(config: EvaluateConfig, *, keep_scores: bool = False) -> dict[str, Any]:
+    """Metrics of ``config.model`` on ``config.data``, written to ``config.json`` if set.
+    ``keep_scores`` adds ``per_image`` (not written): each decoded image's uri, is_fake and
+    P(fake) clean and under each transformation, for paired comparisons of models on the
+    same images (benchmarks/compare_models.py)."""
     started = time.monotonic()
     detector = _load(config.model)  # first: a bad model fails at once, before any listing
     samples = _select(config)
@@ -129,11 +136,24 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     clean = _evaluate(detector, images, None, config)
     result.update(clean["metrics"])
     result["by_subfolder"] = clean["by_subfolder"]
+    # 95% intervals from resampling these images (jobs.metrics.Bootstrap): how much of a
+    # difference between two models or two transformations this many images can show.
+    both = clean["labels"].any() and (~clean["labels"]).any()
+    boot = Bootstrap(clean["labels"]) if both else None
+    base = boot.curves(clean["scores"]) if boot else None
+    if boot:
+        result["intervals"] = {k: interval(v) for k, v in base.items()}
     result["robustness"] = {}
+    per_image = {"uri": [im.sample.uri for im in images if im.image is not None], "is_fake": clean["labels"],
+                 "clean": clean["scores"]}
     for name in config.robustness:
-        r = _evaluate(detector, images, TRANSFORMS[name], config)["metrics"]
+        transformed = _evaluate(detector, images, TRANSFORMS[name], config)
+        per_image[name] = transformed["scores"]
+        r = transformed["metrics"]
         r["auc_change"] = _diff(r.get("auc"), result.get("auc"))
         r["accuracy_change"] = _diff(r.get("accuracy"), result.get("accuracy"))
+        if boot:  # the same images, so the change's interval is paired
+            r["auc_change_interval"] = interval(boot.curves(transformed["scores"])["auc"] - base["auc"])
         result["robustness"][name] = r
     result["seconds"] = round(time.monotonic() - started, 1)
     if config.json:  # NaN (an undefined metric) is written as null: the file stays valid JSON
@@ -147,6 +167,8 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
             storage.write_bytes(storage.join(config.plots, "roc.png"), roc_curve_png(scores, labels))
             storage.write_bytes(storage.join(config.plots, "scores.png"),
                                 score_histogram_png(scores, labels, threshold=detector.threshold))
+    if keep_scores:
+        result["per_image"] = per_image
     return result
 
 
@@ -254,6 +276,14 @@ def print_summary(r: dict[str, Any], out=sys.stdout) -> None:
         print(f"{name:<22}{fmt(m['accuracy']):>7}{fmt(m['balanced_accuracy']):>9}{fmt(m['auc']):>7}"
               f"{fmt(m['average_precision']):>7}{fmt(m['tpr_at_1pct_fpr']):>8}{fmt(m['tpr_at_5pct_fpr']):>8}"
               f"{fmt(m.get('auc_change')):>7}", file=out)
+    if r.get("intervals"):
+        def span(v):
+            return f"[{v[0]:.3f}, {v[1]:.3f}]"
+
+        changes = "".join(f"; {name} AUC change {span(m['auc_change_interval'])}"
+                          for name, m in r.get("robustness", {}).items() if m.get("auc_change_interval"))
+        print(f"95% intervals (resampling these images): AUC {span(r['intervals']['auc'])}, "
+              f"TPR@5% {span(r['intervals']['tpr_at_5pct_fpr'])}{changes}", file=out)
     cm = r["confusion_matrix"]
     print(f"confusion at threshold {r['threshold']:.3f} (rows true fake/real, cols predicted fake/real): {cm}", file=out)
     for g, m in r.get("by_subfolder", {}).items():

@@ -12,7 +12,7 @@ from detector.inference import Detector, score_images
 from detector.model import build_model
 from detector.presets import get_preset
 from jobs import evaluate
-from jobs.metrics import binary_metrics, calibrate_threshold, tpr_at_fpr
+from jobs.metrics import Bootstrap, binary_metrics, calibrate_threshold, interval, tpr_at_fpr
 
 
 def test_binary_metrics_on_known_scores():
@@ -41,6 +41,45 @@ def test_tpr_and_threshold_at_a_false_positive_rate():
 def test_one_class_gives_none_not_a_crash():
     m = binary_metrics(np.array([0.3, 0.6]), np.array([True, True]), 0.5)
     assert m["auc"] is None and m["accuracy"] == 0.5
+
+
+def _separable(n: int, gap: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    fake = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    return rng.normal(size=2 * n) + gap * fake, fake
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_narrow_with_more_images():
+    scores, fake = _separable(40, 1.5)
+    b = Bootstrap(fake, resamples=400)
+    assert b.weights.shape == (400, 80)
+    # each resample keeps each class's count: AUC stays defined
+    assert (b.weights[:, fake].sum(1) == 40).all() and (b.weights[:, ~fake].sum(1) == 40).all()
+    m, c = binary_metrics(scores, fake, 0.5), b.curves(scores)
+    lo, hi = interval(c["auc"])
+    assert lo < m["auc"] < hi and hi - lo > 0.05  # 80 images cannot pin AUC to 0.05
+    lo5, hi5 = interval(c["tpr_at_5pct_fpr"])
+    assert lo5 <= m["tpr_at_5pct_fpr"] <= hi5
+    big_scores, big_fake = _separable(1000, 1.5)
+    big_lo, big_hi = interval(Bootstrap(big_fake, resamples=400).curves(big_scores)["auc"])
+    assert big_hi - big_lo < (hi - lo) / 3  # 25x the images: about a fifth of the width
+    # the same resamples every time (seeded), and no spread where nothing can vary
+    assert np.array_equal(Bootstrap(fake, resamples=400).weights, b.weights)
+    assert interval(b.curves(np.where(fake, 1.0, 0.0))["auc"]) == [1.0, 1.0]
+
+
+def test_a_paired_interval_leaves_out_the_spread_two_scorings_share():
+    scores, fake = _separable(80, 1.0)
+    b = Bootstrap(fake, resamples=400)
+    before = b.curves(scores)["auc"]
+    rng = np.random.default_rng(1)
+    after = b.curves(scores + rng.normal(scale=0.1, size=len(scores)))["auc"]  # a small, real change
+    paired = interval(after - before)
+    unpaired = interval(after - rng.permutation(before))
+    assert paired[1] - paired[0] < (unpaired[1] - unpaired[0]) / 2
+    assert interval(b.curves(scores)["auc"] - before) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="both classes"):
+        Bootstrap(np.ones(5, bool))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +111,11 @@ def test_evaluate_reports_metrics_consistent_with_the_scores(labelled, tmp_path)
     assert sum(map(sum, result["confusion_matrix"])) == 24
     assert set(result["by_subfolder"]) == {"fake/a", "fake/b", "real/a", "real/b"}
     assert set(result["robustness"]) == {"jpeg75", "crop"}
+    lo, hi = result["intervals"]["auc"]
+    assert lo <= result["auc"] <= hi
+    for r in result["robustness"].values():
+        lo, hi = r["auc_change_interval"]
+        assert lo <= r["auc_change"] + 1e-4 and r["auc_change"] - 1e-4 <= hi
     for name in ("roc.png", "scores.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Recompute independently: the reported AUC follows the detector's own scores.
@@ -118,3 +162,28 @@ def test_an_s3_model_fetches_only_its_checkpoint_file(labelled, monkeypatch):
     assert det.model_version == Detector.from_path(model_dir).model_version
     with pytest.raises(FileNotFoundError, match="no checkpoint at s3://models/run-2/model.safetensors"):
         evaluate._load("s3://models/run-2")
+
+
+def test_two_models_compared_on_the_same_images(labelled, tmp_path):
+    """benchmarks/compare_models.py: paired differences, zero against itself."""
+    from benchmarks.compare_models import compare
+
+    root, model_dir = labelled
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    save_checkpoint(other, build_model("none"), preset=get_preset("baseline", image_size=32), threshold=0.5)
+    config = dict(data=str(root), robustness=("jpeg75",))
+    a = evaluate.run(evaluate.EvaluateConfig(model=str(model_dir), **config), keep_scores=True)
+    b = evaluate.run(evaluate.EvaluateConfig(model=str(other), **config), keep_scores=True)
+    assert a["per_image"]["uri"] == b["per_image"]["uri"] and len(a["per_image"]["clean"]) == a["n"] == 24
+    assert a["auc"] == pytest.approx(binary_metrics(a["per_image"]["clean"], a["per_image"]["is_fake"], 0.5)["auc"])
+    same = compare(a, a, resamples=200)
+    assert {(r["set"], r["measure"]) for r in same} >= {("clean", "auc"), ("jpeg75", "auc"), ("jpeg75", "auc_change")}
+    assert all(r["b_minus_a"] == 0 and r["interval"] == [0.0, 0.0] for r in same)
+    rows = {(r["set"], r["measure"]): r for r in compare(a, b, resamples=200)}
+    auc = rows[("clean", "auc")]
+    assert auc["a"] == pytest.approx(a["auc"], abs=1e-4) and auc["b"] == pytest.approx(b["auc"], abs=1e-4)
+    assert auc["interval"][0] <= auc["b_minus_a"] + 1e-4 and auc["b_minus_a"] - 1e-4 <= auc["interval"][1]
+    b["per_image"]["uri"] = b["per_image"]["uri"][::-1]
+    with pytest.raises(SystemExit, match="same images"):
+        compare(a, b)
