@@ -136,9 +136,14 @@ class OpenVINOFeatures:
     """A ``ScoringGraph`` converted to OpenVINO once, compiled per input (H, W) on first use.
 
     Compiled with one single-threaded stream per thread (``num_threads`` streams); a call
-    splits its batch over the streams and waits for all. Each calling thread has its own
-    infer requests, so concurrent calls (the FetchScorer's two) need no lock: their
-    requests queue on the same streams."""
+    splits its batch over the streams and waits for all. A call takes a set of infer
+    requests no other call is using (from an idle pool, or new), so concurrent calls (the
+    FetchScorer's two) run at once: their requests queue on the same streams.
+
+    The requests are held by this object, not in thread-local storage: a Ray threaded
+    actor's worker threads lose their Python thread state while the process exits, and
+    OpenVINO objects freed with it crashed every Ray Data scan's scoring actor on the way
+    out (SIGSEGV in tstate_delete_common, after the report was written)."""
 
     def __init__(self, graph: ScoringGraph, *, num_threads: int, cache_key: str | None = None):
         import openvino as ov
@@ -158,35 +163,47 @@ class OpenVINOFeatures:
             if cached is not None:
                 _save(ov, self._graph, cached)
         self._compiled: OrderedDict[tuple[int, int], object] = OrderedDict()
-        self._compile_lock = threading.Lock()
-        self._local = threading.local()  # per calling thread: {(h, w): (compiled, requests)}
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[int, int], list[tuple[object, list]]] = {}  # (h, w) -> [(compiled, requests)], under _lock
 
     def _for(self, h: int, w: int):
+        """The model compiled for (h, w); the caller holds ``_lock``."""
         key = (h, w)
-        with self._compile_lock:
-            if key not in self._compiled:
-                graph = self._graph.clone()
-                graph.reshape([-1, 3, h, w])  # static spatial size: OpenVINO's fast kernels
-                self._compiled[key] = self._core.compile_model(graph, "CPU", self._config)
-                if len(self._compiled) > COMPILED_SHAPES:
-                    self._compiled.popitem(last=False)
-            self._compiled.move_to_end(key)
-            return self._compiled[key]
+        if key not in self._compiled:
+            graph = self._graph.clone()
+            graph.reshape([-1, 3, h, w])  # static spatial size: OpenVINO's fast kernels
+            self._compiled[key] = self._core.compile_model(graph, "CPU", self._config)
+            if len(self._compiled) > COMPILED_SHAPES:
+                old, _ = self._compiled.popitem(last=False)
+                self._idle.pop(old, None)
+        self._compiled.move_to_end(key)
+        return self._compiled[key]
 
-    def _requests(self, h: int, w: int) -> list:
-        compiled = self._for(h, w)
-        mine = self._local.__dict__.setdefault("requests", {})
-        held = mine.get((h, w))
-        if held is not None and held[0] is compiled:  # not recompiled (LRU) since
-            return held[1]
-        requests = [compiled.create_infer_request() for _ in range(self.streams)]
-        mine[(h, w)] = (compiled, requests)
-        if len(mine) > COMPILED_SHAPES:
-            mine.pop(next(iter(mine)))
-        return requests
+    def _take(self, h: int, w: int) -> tuple[object, list]:
+        """A set of ``streams`` infer requests for (h, w) that no other call is using."""
+        with self._lock:
+            compiled = self._for(h, w)
+            idle = self._idle.setdefault((h, w), [])
+            while idle:
+                held = idle.pop()
+                if held[0] is compiled:  # not recompiled (LRU) since
+                    return held
+        return compiled, [compiled.create_infer_request() for _ in range(self.streams)]
+
+    def _give_back(self, h: int, w: int, held: tuple[object, list]) -> None:
+        with self._lock:
+            if self._compiled.get((h, w)) is held[0]:
+                self._idle.setdefault((h, w), []).append(held)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        requests = self._requests(x.shape[2], x.shape[3])
+        h, w = x.shape[2], x.shape[3]
+        held = self._take(h, w)
+        try:
+            return self._run(held[1], x)
+        finally:
+            self._give_back(h, w, held)
+
+    def _run(self, requests: list, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         array = x.contiguous().numpy()
         parts = [p for p in np.array_split(array, max(1, min(len(requests), len(array)))) if len(p)]
         # Starting is serialised across threads: the first tensor.shape set in pyopenvino runs a C++

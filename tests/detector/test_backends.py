@@ -88,8 +88,8 @@ def test_converted_network_is_cached_per_model_version(tmp_path, monkeypatch):
 
 def test_openvino_streams_split_batches_and_serve_threads_at_once():
     """A batch split over the streams scores each tile as the whole batch on one stream
-    does, and two threads calling at once (the FetchScorer's two calls, no lock) each get
-    their own tiles' results back."""
+    does, and two threads calling at once (the FetchScorer's two calls) each get their own
+    tiles' results back."""
     from concurrent.futures import ThreadPoolExecutor
 
     torch.manual_seed(0)
@@ -111,3 +111,11 @@ def test_openvino_streams_split_batches_and_serve_threads_at_once():
         torch.testing.assert_close(p, p_ref, rtol=0.02, atol=1e-3)
         torch.testing.assert_close(c, c_ref, rtol=0.02, atol=1e-2)
     assert len(two(x[:1])[0]) == 1  # fewer tiles than streams
+    # the infer requests belong to the object, not to the threads that used them: at most
+    # one set per call running at once is kept, and new threads reuse them
+    kept = len(two._idle[(64, 64)])
+    assert 1 <= kept <= 2
+    for _ in range(3):
+        with ThreadPoolExecutor(1) as pool:  # a new thread each time
+            pool.submit(two, x).result()
+    assert len(two._idle[(64, 64)]) == kept

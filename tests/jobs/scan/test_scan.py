@@ -6,21 +6,27 @@ equal to pytorch-grad-cam's, readable by pandas, pyarrow and DuckDB, atomic publ
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
+import re
 import shutil
+import time
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from PIL import Image
 
+from detector.backends import available
 from detector.checkpoint import load_checkpoint
 from detector.explain import explain
 from jobs.report import store as report_store
@@ -138,6 +144,39 @@ def test_heat_maps_in_the_report_match_pytorch_grad_cam(setup):
     with torch.inference_mode():
         prob = torch.softmax(ckpt.model(x), dim=1)[:, 0].numpy()
     np.testing.assert_allclose(rows["score"].to_numpy(), prob, atol=1e-5)
+
+
+@pytest.mark.skipif("openvino" not in available(), reason="openvino is not installed")
+def test_openvino_scoring_actor_exits_without_crashing(setup, tmp_path):
+    """The scoring actor (FetchScorer, a Ray threaded actor) exits once the report is
+    written. It used to die of SIGSEGV on the way out (tstate_delete_common: OpenVINO infer
+    requests freed with a Ray worker thread's thread-local storage), printing "Fatal Python
+    error" into every OpenVINO scan's log. Ray writes a worker's stderr to its logs folder."""
+    _, config, expected, _ = setup
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # no public API without the dashboard
+    seen = {p: p.stat().st_size for p in logs.glob("worker-*.err")}
+    summary = run(dataclasses.replace(config, runtime="openvino", output=str(tmp_path / "reports"), scan_id=None))
+    assert summary.scored + summary.errors == len(expected)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _processes("FetchScorer"):
+        time.sleep(0.5)
+    assert not _processes("FetchScorer"), "the scoring actor did not exit within 60 s of the scan"
+    crashed = [p.name for p in logs.glob("worker-*.err")
+               if re.search(r"Fatal Python error|SIGSEGV", p.read_text(errors="replace")[seen.get(p, 0):])]
+    assert not crashed, f"a worker crashed on the way out: {crashed}"
+
+
+def _processes(title: str) -> list[int]:
+    """PIDs of this test's descendants (its local Ray's workers) whose command line, Ray's
+    proctitle, mentions ``title``."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if title in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:  # exited meanwhile
+            continue
+    return found
 
 
 def test_killed_scan_is_invisible_and_rerunning_an_id_never_duplicates(setup, monkeypatch, capsys):
