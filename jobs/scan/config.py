@@ -127,7 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="what runs the network: torch (the reference; GPU), openvino (CPU, ~3x faster, scores within "
                         "0.01), auto (default: openvino on CPU when installed, else torch)")
     p.add_argument("--executor", choices=EXECUTORS, default=d["executor"].default,
-                   help=f"ray: a Ray Data pipeline (scales out; ~13 s to start on 2 cores); local: fetch and score in this "
+                   help=f"ray: a Ray Data pipeline (scales out; ~5 s to start on 2 cores); local: fetch and score in this "
                         f"process; auto (default): local up to {LOCAL_MAX_OBJECTS} objects (GPU scans: ray)")
     p.add_argument("--fetch", choices=FETCH_PLACES, default=d["fetch"].default,
                    help="Ray Data scans: where objects are fetched and decoded: scorer (in the scoring actors, "

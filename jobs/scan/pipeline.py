@@ -9,10 +9,10 @@ thumbnails), and both yield report rows of ``jobs.report.schema.FILE_SCHEMA``.
   batch while the model runs the other; with GPUs the JPEGs are decoded on the GPU), or
   fetch tasks on the cluster's CPUs feed ``Scorer`` actors (``--fetch tasks``).
 - ``score_locally``: in this process, fetching one batch ahead in a thread so decoding
-  overlaps the model. A Ray Data scan starts fresh worker processes for its fetch
-  tasks, its actors and its Parquet writer, each importing torch, torchvision and
-  pyarrow: about 13 s on 2 cores (BENCHMARKS.md), however few images there are, so
-  ``--executor auto`` scores up to ``LOCAL_MAX_OBJECTS`` objects here.
+  overlaps the model. A Ray Data scan starts fresh worker processes for its actors
+  (importing torch, torchvision and OpenVINO) and its Parquet writer: a fixed cost of
+  about 5-6 s on 2 cores (BENCHMARKS.md, round 4 and after), however few images there
+  are, so ``--executor auto`` scores up to ``LOCAL_MAX_OBJECTS`` objects here.
 
     python -c "from jobs.scan.pipeline import choose_executor; help(choose_executor)"
 """
