@@ -124,7 +124,7 @@ def run(config: EvaluateConfig, *, keep_scores: bool = False) -> dict[str, Any]:
     same images (benchmarks/compare_models.py)."""
     started = time.monotonic()
     detector = _load(config.model)  # first: a bad model fails at once, before any listing
-    samples = _select(config)
+    samples = _select(config, detector.checkpoint.meta.get("data"))
     result: dict[str, Any] = {
         "data": config.data,
         "model": config.model,
@@ -191,9 +191,20 @@ def _allow_problems(prefixes: tuple[str, ...]) -> list[str]:
     return []
 
 
-def _select(config: EvaluateConfig) -> list[Sample]:
+def _select(config: EvaluateConfig, trained_on: dict[str, Any] | None = None) -> list[Sample]:
     data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed,
                          allow_prefixes=config.allow_prefix or None)
+    recorded = (trained_on or {}).get("validation_digest")
+    if config.split == "validation" and recorded and recorded != data.validation_digest():
+        raise DataError(
+            f"--split validation: these are not the images this model held out (digest {data.validation_digest()}, "
+            f"the model's {recorded}), so its own training images would be scored as unseen. Evaluate with the "
+            f"training run's --data path ({trained_on.get('source')}), --seed and --val-fraction: the split hashes "
+            f"each image's whole path, so a copy or symlink of the data elsewhere splits differently")
+    if config.split == "validation" and not recorded and trained_on is not None:
+        print(f"note: this model records no digest of its held-out images (trained before they were recorded); "
+              f"the split is its own only with the training run's --data path ({trained_on.get('source')}), "
+              f"--seed and --val-fraction", file=sys.stderr)
     samples = {"all": data.train + data.validation, "train": data.train, "validation": data.validation}[config.split]
     if config.max_images:
         by_class: dict[int, list[Sample]] = defaultdict(list)

@@ -64,7 +64,15 @@ class LabelledData:
 
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, "layout": self.layout, "split_given": self.split_given,
-                "counts": self.counts()}
+                "counts": self.counts(), "validation_digest": self.validation_digest()}
+
+    def validation_digest(self) -> str:
+        """A hash of which images (uri and label) were held out. The split hashes each image's
+        whole uri, so the same files listed from another path (a copy, a symlink, a bucket)
+        split differently; jobs.evaluate compares this digest with the model's to refuse
+        "validation" numbers that would include the model's own training images."""
+        listed = "\n".join(sorted(f"{s.label}:{s.uri}" for s in self.validation))
+        return "sha256-" + hashlib.sha256(listed.encode()).hexdigest()[:16]
 
 
 def list_labelled(uri: str, *, val_fraction: float = 0.2, seed: int = 0,

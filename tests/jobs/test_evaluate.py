@@ -13,6 +13,7 @@ from detector.model import build_model
 from detector.presets import get_preset
 from jobs import evaluate
 from jobs.metrics import Bootstrap, binary_metrics, calibrate_threshold, interval, tpr_at_fpr
+from jobs.train.data import DataError, list_labelled
 
 
 def test_binary_metrics_on_known_scores():
@@ -127,11 +128,30 @@ def test_evaluate_reports_metrics_consistent_with_the_scores(labelled, tmp_path)
     assert result["auc"] == pytest.approx(expected["auc"], abs=1e-6)
 
 
-def test_validation_split_is_the_training_split(labelled):
+def test_validation_split_is_the_training_split(labelled, tmp_path):
     root, model_dir = labelled
     r = evaluate.run(evaluate.EvaluateConfig(data=str(root), model=str(model_dir), split="validation", val_fraction=0.25))
     # round(25% of 13 real) + round(25% of 12 fake) listed; an undecodable one is counted apart
     assert r["n"] + len(r["skipped"]) == 6 and r["n_fake"] == 3
+    # a model records which images its run held out (jobs.train: data.validation_digest)
+    held_out = list_labelled(str(root), val_fraction=0.25, seed=3)
+    trained = tmp_path / "trained"
+    torch.manual_seed(0)
+    save_checkpoint(trained, build_model("none"), preset=get_preset("baseline", image_size=32), data=held_out.summary())
+    again = evaluate.run(evaluate.EvaluateConfig(data=str(root), model=str(trained), split="validation",
+                                                 val_fraction=0.25, seed=3))
+    assert again["n"] + len(again["skipped"]) == len(held_out.validation)
+    # the same files under another path hash to another split: refused, not scored as unseen
+    moved = tmp_path / "elsewhere"
+    moved.symlink_to(root, target_is_directory=True)
+    assert list_labelled(str(moved), val_fraction=0.25, seed=3).validation_digest() != held_out.validation_digest()
+    with pytest.raises(DataError, match="not the images this model held out"):
+        evaluate.run(evaluate.EvaluateConfig(data=str(moved), model=str(trained), split="validation",
+                                             val_fraction=0.25, seed=3))
+    with pytest.raises(DataError, match="not the images this model held out"):  # another seed: another split
+        evaluate.run(evaluate.EvaluateConfig(data=str(root), model=str(trained), split="validation", val_fraction=0.25))
+    # the whole set ("all") is not a held-out claim: no check
+    assert evaluate.run(evaluate.EvaluateConfig(data=str(moved), model=str(trained), split="all"))["n"] == 24
 
 
 def test_bad_flags_fail_with_a_message(labelled, capsys):

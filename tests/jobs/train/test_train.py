@@ -128,6 +128,9 @@ def test_crashed_run_resumes_on_rerun_and_publishes_a_working_detector(ray_local
     assert record["model_version"] in card and f"{record['threshold']:.4f}" in card and "Known limits" in card
 
     checkpoint = load_checkpoint(out)
+    # which images were held out travels with the model, for jobs.evaluate's check
+    assert checkpoint.meta["data"]["validation_digest"] == record["data"]["validation_digest"]
+    assert record["data"]["validation_digest"].startswith("sha256-")
     assert checkpoint.threshold == pytest.approx(record["threshold"])
     assert checkpoint.model_version == record["model_version"]
     assert checkpoint.meta["metrics"]["epoch"] == record["best_epoch"]
