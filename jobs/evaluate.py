@@ -7,7 +7,9 @@ and how well that survives the transformations images meet on the way to a bucke
 
 ``--data`` takes the same layouts as ``jobs.train`` (``real/``+``fake/`` folders, the
 original's ``train``/``validation`` folders, or a manifest). ``--split validation`` with the
-training run's ``--seed``/``--val-fraction`` evaluates exactly its held-out part.
+training run's ``--data`` path, ``--seed`` and ``--val-fraction`` evaluates exactly its
+held-out part; the split hashes each image's whole path, so a model records a digest of
+its held-out images and a split that does not match it is refused.
 
 Reported (fake is the positive class): accuracy and the confusion matrix at the
 checkpoint's threshold, balanced accuracy, ROC AUC, average precision, TPR at 1% and 5%
