@@ -196,17 +196,8 @@ def _allow_problems(prefixes: tuple[str, ...]) -> list[str]:
 def _select(config: EvaluateConfig, trained_on: dict[str, Any] | None = None) -> list[Sample]:
     data = list_labelled(config.data, val_fraction=config.val_fraction, seed=config.seed,
                          allow_prefixes=config.allow_prefix or None)
-    recorded = (trained_on or {}).get("validation_digest")
-    if config.split == "validation" and recorded and recorded != data.validation_digest():
-        raise DataError(
-            f"--split validation: these are not the images this model held out (digest {data.validation_digest()}, "
-            f"the model's {recorded}), so its own training images would be scored as unseen. Evaluate with the "
-            f"training run's --data path ({trained_on.get('source')}), --seed and --val-fraction: the split hashes "
-            f"each image's whole path, so a copy or symlink of the data elsewhere splits differently")
-    if config.split == "validation" and not recorded and trained_on is not None:
-        print(f"note: this model records no digest of its held-out images (trained before they were recorded); "
-              f"the split is its own only with the training run's --data path ({trained_on.get('source')}), "
-              f"--seed and --val-fraction", file=sys.stderr)
+    if config.split == "validation":
+        data.check_held_out(trained_on)  # the model's own held-out images, or a clear error
     samples = {"all": data.train + data.validation, "train": data.train, "validation": data.validation}[config.split]
     if config.max_images:
         by_class: dict[int, list[Sample]] = defaultdict(list)

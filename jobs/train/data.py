@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,22 @@ class LabelledData:
         "validation" numbers that would include the model's own training images."""
         listed = "\n".join(sorted(f"{s.label}:{s.uri}" for s in self.validation))
         return "sha256-" + hashlib.sha256(listed.encode()).hexdigest()[:16]
+
+    def check_held_out(self, trained_on: dict[str, Any] | None) -> None:
+        """DataError unless ``validation`` is what the model with data record ``trained_on``
+        (its checkpoint's ``data``) held out; a note when the model records no digest."""
+        recorded = (trained_on or {}).get("validation_digest")
+        source = (trained_on or {}).get("source")
+        if recorded and recorded != self.validation_digest():
+            raise DataError(
+                f"--split validation: these are not the images this model held out (digest {self.validation_digest()}, "
+                f"the model's {recorded}), so its own training images would be scored as unseen. Evaluate with the "
+                f"training run's --data path ({source}), --seed and --val-fraction: the split hashes "
+                f"each image's whole path, so a copy or symlink of the data elsewhere splits differently")
+        if not recorded and trained_on is not None:
+            print(f"note: this model records no digest of its held-out images (trained before they were recorded); "
+                  f"the split is its own only with the training run's --data path ({source}), "
+                  f"--seed and --val-fraction", file=sys.stderr)
 
 
 def list_labelled(uri: str, *, val_fraction: float = 0.2, seed: int = 0,
