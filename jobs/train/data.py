@@ -77,16 +77,18 @@ class LabelledData:
 
     def check_held_out(self, trained_on: dict[str, Any] | None) -> None:
         """DataError unless ``validation`` is what the model with data record ``trained_on``
-        (its checkpoint's ``data``) held out; a note when the model records no digest."""
-        recorded = (trained_on or {}).get("validation_digest")
-        source = (trained_on or {}).get("source")
+        (its checkpoint's ``data``) held out; a note when the model records no digest. The
+        record is the checkpoint's metadata, so untrusted: anything but a dict is no record,
+        and what is quoted back is cut short."""
+        record = trained_on if isinstance(trained_on, dict) else {}
+        recorded, source = record.get("validation_digest"), str(record.get("source"))[:200]
         if recorded and recorded != self.validation_digest():
             raise DataError(
                 f"--split validation: these are not the images this model held out (digest {self.validation_digest()}, "
-                f"the model's {recorded}), so its own training images would be scored as unseen. Evaluate with the "
+                f"the model's {str(recorded)[:40]}), so its own training images would be scored as unseen. Evaluate with the "
                 f"training run's --data path ({source}), --seed and --val-fraction: the split hashes "
                 f"each image's whole path, so a copy or symlink of the data elsewhere splits differently")
-        if not recorded and trained_on is not None:
+        if not recorded:
             print(f"note: this model records no digest of its held-out images (trained before they were recorded); "
                   f"the split is its own only with the training run's --data path ({source}), "
                   f"--seed and --val-fraction", file=sys.stderr)

@@ -128,7 +128,7 @@ def test_evaluate_reports_metrics_consistent_with_the_scores(labelled, tmp_path)
     assert result["auc"] == pytest.approx(expected["auc"], abs=1e-6)
 
 
-def test_validation_split_is_the_training_split(labelled, tmp_path):
+def test_validation_split_is_the_training_split(labelled, tmp_path, capsys):
     root, model_dir = labelled
     r = evaluate.run(evaluate.EvaluateConfig(data=str(root), model=str(model_dir), split="validation", val_fraction=0.25))
     # round(25% of 13 real) + round(25% of 12 fake) listed; an undecodable one is counted apart
@@ -150,6 +150,14 @@ def test_validation_split_is_the_training_split(labelled, tmp_path):
                                              val_fraction=0.25, seed=3))
     with pytest.raises(DataError, match="not the images this model held out"):  # another seed: another split
         evaluate.run(evaluate.EvaluateConfig(data=str(root), model=str(trained), split="validation", val_fraction=0.25))
+    # the record is the checkpoint's metadata, so hostile: not a dict is no record (a note),
+    # a long digest is quoted short
+    for record in (["x"], "text", None):
+        held_out.check_held_out(record)
+    assert "records no digest" in capsys.readouterr().err
+    with pytest.raises(DataError) as refused:
+        held_out.check_held_out({"validation_digest": "a" * 10_000, "source": "b" * 10_000})
+    assert len(str(refused.value)) < 800
     # the whole set ("all") is not a held-out claim: no check
     assert evaluate.run(evaluate.EvaluateConfig(data=str(moved), model=str(trained), split="all"))["n"] == 24
 
