@@ -11,6 +11,12 @@ Import jobs.demo.s3_server, not this module. Facts checked with ``weed mini -h``
 - gRPC Unix sockets go to ``/tmp/seaweedfs-<component>-grpc-<port>.sock`` (a fixed
   path); a kill -9 leaves them behind. glog writes files to /tmp unless -logtostderr.
 - ``mini.options`` in the data folder remembers the last flags; command-line flags win.
+- Each bucket is a collection with volumes of its own, and the volume server allows
+  (free disk / 1 GiB) volumes unless ``-volume.max`` says otherwise: with 5 GB free the
+  fifth bucket's first PutObject fails with ``InternalError`` ("No writable volumes and
+  no free volumes left"), retried by botocore in vain. Volumes are not preallocated
+  (they grow as written), so a fixed count costs no disk; a disk that is really full
+  still fails writes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ HOST = "127.0.0.1"
 _COMPONENTS = ("master", "volume", "filer", "s3")  # admin is handled apart, see below
 _GRPC_OFFSET = 10000
 # weed's words when another process took one of our ports before weed bound it.
+# Volumes the server may hold: one per bucket plus one per 128 MB written (mini's volume
+# size limit); instead of weed's free-disk / 1 GiB (see above).
+VOLUME_MAX = 1000
 PORT_TAKEN = re.compile(r"address already in use|port \d+ .* is not available")
 
 
@@ -59,6 +68,7 @@ def command(binary: str, data_dir: Path, ports: dict[str, int], socket_dir: str)
         "-admin.ui=false",
         "-master.telemetry=false",  # it would post statistics to the internet
         "-volume.preStopSeconds=0",  # stop in 1 s rather than 3
+        f"-volume.max={VOLUME_MAX}",  # not free disk / 1 GiB: see the module's docstring
         f"-filer.localSocket={socket_dir}/filer.sock",
         f"-s3.localSocket={socket_dir}/s3.sock",
     ]

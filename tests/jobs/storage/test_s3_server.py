@@ -189,6 +189,32 @@ def test_reads_writes_and_listings_ride_out_a_server_restart(monkeypatch: pytest
         assert storage.read_bytes(f"{bucket}/after-restart.bin") == b"x"
 
 
+def _volume_limit(server: SeaweedS3Server) -> int:
+    """The number of volumes the server's master says its volume server may hold."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.ports['master.port']}/dir/status", timeout=10) as answer:
+        return json.load(answer)["Topology"]["Max"]
+
+
+def test_bucket_count_does_not_depend_on_free_disk(s3_server: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Left to itself weed allows free disk / 1 GiB volumes, one per bucket: on a disk with
+    # 5 GB free the fifth bucket's first write failed with InternalError (CI, stop 23).
+    assert _volume_limit(s3_server) == _seaweedfs.VOLUME_MAX
+    # the mechanism, with a tiny limit: the first write into one bucket too many fails
+    monkeypatch.setattr(_seaweedfs, "VOLUME_MAX", 2)
+    with SeaweedS3Server() as server:
+        assert _volume_limit(server) == 2
+        client = server.client(retries={"max_attempts": 1, "mode": "standard"})
+        for name in ("vol-a", "vol-b"):
+            server.create_bucket(name)
+            client.put_object(Bucket=name, Key="k", Body=b"x")
+        server.create_bucket("vol-c")
+        with pytest.raises(ClientError, match="InternalError"):
+            client.put_object(Bucket="vol-c", Key="k", Body=b"x")
+
+
 def test_startup_failure_shows_the_log(tmp_path: Path) -> None:
     fake = tmp_path / "weed"
     fake.write_text("#!/bin/sh\necho 'port allocation exploded' >&2\nexit 3\n")
