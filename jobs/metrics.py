@@ -132,11 +132,12 @@ class Bootstrap:
         if not (self.is_fake.any() and (~self.is_fake).any()):
             raise ValueError("a bootstrap of AUC needs images of both classes")
         rng = np.random.default_rng(seed)
-        self.weights = np.zeros((resamples, len(self.is_fake)), np.int64)
+        n = len(self.is_fake)
+        self.weights = np.zeros((resamples, n), np.int64)
+        rows = np.arange(resamples)[:, None] * n  # each resample's offset in the flattened weights
         for members in (np.flatnonzero(self.is_fake), np.flatnonzero(~self.is_fake)):
             picks = rng.integers(0, len(members), size=(resamples, len(members)))
-            for row, p in zip(self.weights, picks):
-                np.add.at(row, members[p], 1)
+            self.weights += np.bincount((rows + members[picks]).ravel(), minlength=resamples * n).reshape(resamples, n)
 
     def curves(self, scores: np.ndarray) -> dict[str, np.ndarray]:
         """Per resample: ``auc``, ``tpr_at_1pct_fpr`` and ``tpr_at_5pct_fpr`` of ``scores``."""
