@@ -46,7 +46,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import start_ray, input_images, json_line, machine, print_table, save_jpeg, timed  # noqa: E402
+from benchmarks.common import start_ray, cpu_features, input_images, json_line, machine, print_table, save_jpeg, timed  # noqa: E402
 from detector.backends import available, resolve  # noqa: E402
 from detector.checkpoint import save_checkpoint  # noqa: E402
 from detector.model import FAKE, build_model  # noqa: E402
@@ -295,6 +295,7 @@ def main(argv=None) -> None:
     print(json_line({
         "images": len(files),
         "device": str(device),
+        "cpu": cpu_features(),  # the numbers move 8x with the CPU's vector units (benchmarks/common.py)
         "threads": args.threads,
         "load_avg_1m": [round(load[0], 1), round(load_end[0], 1)],
         "forward_only_img_s": r["forward_only"],
