@@ -3,7 +3,8 @@ docs/QUALITY.md.
 
 - the held-out validation split of ``--data`` (the training run's ``--seed`` and
   ``--val-fraction``): AUC, TPR at 1% and 5% FPR, and the AUC change when the same images
-  are re-saved as JPEG q90/q75/q50 or down-scaled by 0.5 (``jobs.evaluate``), each with
+  are re-saved as JPEG q90/q75/q50, down-scaled by 0.5 or 0.8 or up-scaled by 1.5
+  (``jobs.evaluate``, ``jobs.robustness``), each with
   its 95% bootstrap interval (the changes paired: the same resampled images before and after);
 - ``multigen-probe`` (fakes of 9 generators, never trained on): the share of each
   generator's images flagged at the model's own calibrated threshold (its 5%-FPR
@@ -60,7 +61,8 @@ def main(argv=None) -> None:
     p.add_argument("--runtime", default="torch", help="torch (the reference) or openvino")
     args = p.parse_args(argv)
     val = evaluate.run(evaluate.EvaluateConfig(data=args.data, model=args.model, split="validation", seed=args.seed,
-                                               robustness=("jpeg90", "jpeg75", "jpeg50", "downscale0.5")))
+                                               robustness=("jpeg90", "jpeg75", "jpeg50", "downscale0.5",
+                                                           "downscale0.8", "upscale1.5")))
     detector = Detector(load_model(args.model)[1], runtime=args.runtime)
     multigen = flagged_by_generator(detector, SHARED / "multigen-probe" / "fake")
     cifake = evaluate.run(evaluate.EvaluateConfig(data=str(SHARED / "cifake-4k"), model=args.model, max_images=500))

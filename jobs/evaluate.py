@@ -3,7 +3,7 @@ and how well that survives the transformations images meet on the way to a bucke
 
     python -m jobs.evaluate --data ../shared/data/cifake-4k --model OUT --json eval.json
     python -m jobs.evaluate --data ../shared/data/sd-coco-dev --model OUT --split validation \
-        --robustness jpeg90,jpeg75,jpeg50,downscale0.5,crop --plots eval-plots/
+        --robustness jpeg90,jpeg75,jpeg50,downscale0.5,upscale1.5,crop --plots eval-plots/
 
 ``--data`` takes the same layouts as ``jobs.train`` (``real/``+``fake/`` folders, the
 original's ``train``/``validation`` folders, or a manifest). ``--split validation`` with the
