@@ -126,8 +126,8 @@ class NativeCropPreset(Preset):
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     jpeg_prob: float = 0.7  # docs/QUALITY.md: robustness to re-compression and down-scaling
     jpeg_quality: tuple[int, int] = (50, 100)
-    resample_prob: float = 0.3  # down-scale a region by resample_scale before cropping
-    resample_scale: tuple[float, float] = (0.5, 1.0)
+    resample_prob: float = 0.3  # resize a region by resample_scale before cropping
+    resample_scale: tuple[float, float] = (0.5, 1.0)  # above 1: up-scaling too (up to 2)
     # Fakes only: the share of crops first put through a real photo's processing (squash_like_a_photo).
     # Off by default; docs/QUALITY.md round 5 measures it.
     squash_fake_prob: float = 0.0
@@ -143,8 +143,8 @@ class NativeCropPreset(Preset):
             p.append(f"jpeg_quality must be 1 <= low <= high <= 100, got {self.jpeg_quality}")
         if not 0 <= self.blur_sigma[0] <= self.blur_sigma[1] <= 50:
             p.append(f"blur_sigma must be 0 <= low <= high <= 50, got {self.blur_sigma}")
-        if not 0.1 <= self.resample_scale[0] <= self.resample_scale[1] <= 1:
-            p.append(f"resample_scale must be 0.1 <= low <= high <= 1, got {self.resample_scale}")
+        if not 0.1 <= self.resample_scale[0] <= self.resample_scale[1] <= 2:
+            p.append(f"resample_scale must be 0.1 <= low <= high <= 2, got {self.resample_scale}")
         return p
 
     def tile_boxes(self, width: int, height: int) -> np.ndarray:
@@ -166,7 +166,7 @@ class NativeCropPreset(Preset):
     def train_crop(self, image: Image.Image, rng: random.Random | None = None, *, fake: bool = False) -> torch.Tensor:
         """A random ``image_size`` crop (smaller when the picture is), augmented: a region a
         little larger than the crop is taken at a multiple-of-8 offset, maybe (fakes only)
-        processed like a real photo, maybe down-scaled, blurred and re-compressed as JPEG,
+        processed like a real photo, maybe resized, blurred and re-compressed as JPEG,
         then cropped at an even offset."""
         rng = rng or random
         crop = min(self.image_size, image.width, image.height)
@@ -179,7 +179,7 @@ class NativeCropPreset(Preset):
         region = image.crop((left, top, left + side, top + side))
         if squash:
             region = squash_like_a_photo(region, rng)
-        if scale < 1.0:
+        if scale != 1.0:
             size = max(crop, round(side * scale))
             region = region.resize((size, size), rng.choice((Image.BICUBIC, Image.BILINEAR, Image.LANCZOS)))
         if rng.random() < self.blur_prob:

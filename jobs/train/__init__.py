@@ -126,7 +126,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resample-prob", type=float, default=None,
                    help="native preset: share of training crops down-scaled first, both classes (default 0.3)")
     p.add_argument("--resample-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="native preset: the down-scaling factor's range (default 0.5 1.0)")
+                   help="native preset: the resizing factor's range, 0.1-2 (default 0.5 1.0: down-scaling only)")
     p.add_argument("--squash-fake-prob", type=float, default=None,
                    help="native preset: share of fake training crops first processed like a real photo "
                         "(resized from another size and aspect, JPEG twice; detector/presets.py); default 0")

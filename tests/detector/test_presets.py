@@ -70,6 +70,20 @@ def test_native_training_crops_are_bounded_by_the_picture_not_padded():
     assert found and all(y % 2 == 0 and x % 2 == 0 for y, x in found)  # unresampled, on NPR's 2x2 grid
 
 
+def test_resample_scale_above_one_up_scales_the_region():
+    img = make_image(300, 200)
+    off = dict(image_size=96, jpeg_prob=0.0, blur_prob=0.0, hflip_prob=0.0, resample_prob=1.0)
+
+    def roughness(scale: float) -> float:  # mean neighbouring-pixel difference: interpolation smooths it
+        crop = get_preset("native", resample_scale=(scale, scale), **off).train_crop(img, random.Random(0))
+        assert crop.shape == (3, 96, 96)
+        return float((crop[:, :, 1:].float() - crop[:, :, :-1].float()).abs().mean())
+
+    assert roughness(2.0) < roughness(1.5) < 0.8 * roughness(1.0)
+    with pytest.raises(ValueError, match="resample_scale"):
+        get_preset("native", resample_scale=(0.5, 2.5))
+
+
 def test_squash_fake_prob_processes_fake_crops_only_and_keeps_the_jpeg_grid():
     img = make_image(300, 200)
     pixels = np.asarray(img).transpose(2, 0, 1)
