@@ -71,7 +71,8 @@ def render_card(record: dict[str, Any], meta: dict[str, Any]) -> str:
         "contain may be missed or over-flagged; measure on your own data with `python -m jobs.evaluate` before "
         "trusting the threshold (docs/QUALITY.md has the team's measurements across generators)",
         "- a held-out split of the same source overstates quality on other sources",
-        "- heavy re-compression, resizing and screenshots erase much of the evidence at native resolution",
+        "- heavy re-compression, resizing and screenshots erase much of the evidence at native resolution; "
+        "up-scaling too: an up-scaled fake is missed more often than a down-scaled one (docs/QUALITY.md, round 6)",
         "- a score is evidence for a moderator, not a verdict: every flag should be reviewed by a person",
     ]
     warnings = (record.get("data_check") or {}).get("warnings") or []
@@ -91,7 +92,7 @@ def _augmentation(preset: dict[str, Any]) -> str:
     if "jpeg_prob" not in preset:
         return "- training augmentation: horizontal flips only"
     return (f"- training augmentation, both classes: JPEG re-compression p {preset['jpeg_prob']} (quality "
-            f"{preset.get('jpeg_quality')}), down-scaling p {preset.get('resample_prob')} by "
+            f"{preset.get('jpeg_quality')}), resizing p {preset.get('resample_prob')} by "
             f"{preset.get('resample_scale')}, blur p {preset.get('blur_prob')}"
             + (f"; fakes only: processed like a real photo (resized from another size and aspect, JPEG twice) "
                f"p {preset['squash_fake_prob']}" if preset.get("squash_fake_prob") else ""))
