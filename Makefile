@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The review-page tests drive headless Chromium (Debian `chromium`), the metrics tests a
-# Prometheus Pushgateway (Debian `prometheus-pushgateway`, started by the tests on loopback):
+# Prometheus Pushgateway (Debian `prometheus-pushgateway`, started by the tests on loopback),
+# the alert-rule tests promtool (Debian `prometheus`; its server is not started):
 # installed here when missing and we are root with apt-get (CI); elsewhere those tests skip
 # and say why.
 test: $(STAMP)
 	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
 	@test -x /usr/bin/prometheus-pushgateway || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-pushgateway >/dev/null) || true
+	@command -v promtool >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || true
 	$(PY) -m pytest
 
 demo: $(STAMP)
