@@ -8,7 +8,8 @@ docs/QUALITY.md.
   its 95% bootstrap interval (the changes paired: the same resampled images before and after);
 - ``multigen-probe`` (fakes of 9 generators, never trained on): the share of each
   generator's images flagged at the model's own calibrated threshold (its 5%-FPR
-  threshold on real validation photos), scored exactly as a scan scores them;
+  threshold on real validation photos), scored exactly as a scan scores them, and each
+  generator's AUC against those real validation photos (no threshold);
 - ``cifake-4k`` (32 px, another generator): AUC on 500 + 500 images.
 
     .venv/bin/python benchmarks/detection_quality.py --model /tmp/run --data ../shared/data/sd-coco-dev
@@ -23,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,10 +37,14 @@ from jobs.storage.models import load_model  # noqa: E402
 SHARED = SHARED_DATA
 
 
-def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16) -> dict[str, float]:
-    """Share of each generator's images (file prefix before ``__``) with score >= threshold."""
+def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16,
+                         reals: np.ndarray | None = None) -> dict[str, float] | tuple[dict[str, float], dict[str, float]]:
+    """Share of each generator's images (file prefix before ``__``) with score >= threshold.
+    With ``reals`` (scores of real photos) also each generator's AUC against them: the
+    same comparison without the threshold, which rests on a few real images (5% of 80)."""
     files = sorted(folder.glob("*.jpg"))
     flagged: dict[str, list[bool]] = defaultdict(list)
+    scores: dict[str, list[float]] = defaultdict(list)
     for i in range(0, len(files), batch):
         chunk = files[i:i + batch]
         images = []
@@ -47,9 +53,15 @@ def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16) -> d
             images.append((*detector.preset.prepare(image), image.width, image.height))
         for f, s in zip(chunk, detector.score_tiles(images)):
             flagged[f.name.split("__")[0]].append(s.prob_fake >= detector.threshold)
+            scores[f.name.split("__")[0]].append(s.prob_fake)
     out = {g: float(np.mean(v)) for g, v in sorted(flagged.items())}
     out["all"] = float(np.mean([x for v in flagged.values() for x in v]))
-    return out
+    if reals is None:
+        return out
+    scores["all"] = [x for v in scores.values() for x in v]
+    auc = {g: float(roc_auc_score(np.r_[np.zeros(len(reals)), np.ones(len(v))], np.r_[reals, v]))
+           for g, v in sorted(scores.items())}
+    return out, auc
 
 
 def _span(v: list[float], fmt: str = ".3f") -> str:
@@ -62,9 +74,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     val = evaluate.run(evaluate.EvaluateConfig(data=args.data, model=args.model, split="validation", seed=args.seed,
                                                robustness=("jpeg90", "jpeg75", "jpeg50", "downscale0.5",
-                                                           "downscale0.8", "upscale1.5")))
+                                                           "downscale0.8", "upscale1.5")), keep_scores=True)
     detector = Detector(load_model(args.model)[1], runtime=args.runtime)
-    multigen = flagged_by_generator(detector, SHARED / "multigen-probe" / "fake")
+    per_image = val.pop("per_image")
+    reals = np.asarray(per_image["clean"])[~np.asarray(per_image["is_fake"]).astype(bool)]
+    multigen, multigen_auc = flagged_by_generator(detector, SHARED / "multigen-probe" / "fake", reals=reals)
     cifake = evaluate.run(evaluate.EvaluateConfig(data=str(SHARED / "cifake-4k"), model=args.model, max_images=500))
     row = {
         "model_version": detector.model_version, "threshold": detector.threshold,
@@ -73,7 +87,7 @@ def main(argv=None) -> None:
         # 95% bootstrap intervals over the held-out images (jobs.metrics.Bootstrap; changes paired)
         "val_auc_interval": val["intervals"]["auc"], "val_tpr_at_5pct_fpr_interval": val["intervals"]["tpr_at_5pct_fpr"],
         **{f"auc_change_{k}_interval": v["auc_change_interval"] for k, v in val["robustness"].items()},
-        "multigen_flagged": multigen, "cifake_auc": cifake["auc"],
+        "multigen_flagged": multigen, "multigen_auc_vs_val_reals": multigen_auc, "cifake_auc": cifake["auc"],
     }
     iv = val["intervals"]
     print(f"validation ({val['n']} images): AUC {val['auc']:.4f} {_span(iv['auc'])}, TPR@1% {val['tpr_at_1pct_fpr']:.3f}, "
@@ -81,6 +95,8 @@ def main(argv=None) -> None:
     for k, v in val["robustness"].items():
         print(f"  {k}: AUC {v['auc']:.4f} ({v['auc_change']:+.4f} {_span(v['auc_change_interval'], '+.3f')})")
     print("multigen-probe flagged at the model's threshold: " + ", ".join(f"{g} {v:.0%}" for g, v in multigen.items()))
+    print(f"multigen-probe AUC against the {len(reals)} real validation photos (no threshold): "
+          + ", ".join(f"{g} {v:.3f}" for g, v in multigen_auc.items()))
     print(f"cifake-4k ({cifake['n']} images): AUC {cifake['auc']:.4f}")
     print(json_line(row))
 
