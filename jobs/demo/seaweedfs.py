@@ -31,10 +31,10 @@ from pathlib import Path
 HOST = "127.0.0.1"
 _COMPONENTS = ("master", "volume", "filer", "s3")  # admin is handled apart, see below
 _GRPC_OFFSET = 10000
-# weed's words when another process took one of our ports before weed bound it.
 # Volumes the server may hold: one per bucket plus one per 128 MB written (mini's volume
 # size limit); instead of weed's free-disk / 1 GiB (see above).
 VOLUME_MAX = 1000
+# weed's words when another process took one of our ports before weed bound it.
 PORT_TAKEN = re.compile(r"address already in use|port \d+ .* is not available")
 
 
