@@ -37,13 +37,11 @@ from jobs.storage.models import load_model  # noqa: E402
 SHARED = SHARED_DATA
 
 
-def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16,
-                         reals: np.ndarray | None = None) -> dict[str, float] | tuple[dict[str, float], dict[str, float]]:
-    """Share of each generator's images (file prefix before ``__``) with score >= threshold.
-    With ``reals`` (scores of real photos) also each generator's AUC against them: the
-    same comparison without the threshold, which rests on a few real images (5% of 80)."""
+def by_generator(detector: Detector, folder: Path, reals: np.ndarray, batch: int = 16) -> tuple[dict, dict]:
+    """Each generator's (file prefix before ``__``) share of images with score >= threshold,
+    and its AUC against ``reals`` (scores of real photos): the same comparison without the
+    threshold, which rests on a few real images (5% of 80). Both with an ``all`` entry."""
     files = sorted(folder.glob("*.jpg"))
-    flagged: dict[str, list[bool]] = defaultdict(list)
     scores: dict[str, list[float]] = defaultdict(list)
     for i in range(0, len(files), batch):
         chunk = files[i:i + batch]
@@ -52,16 +50,13 @@ def flagged_by_generator(detector: Detector, folder: Path, batch: int = 16,
             image = decode_image(f.read_bytes()).image
             images.append((*detector.preset.prepare(image), image.width, image.height))
         for f, s in zip(chunk, detector.score_tiles(images)):
-            flagged[f.name.split("__")[0]].append(s.prob_fake >= detector.threshold)
             scores[f.name.split("__")[0]].append(s.prob_fake)
-    out = {g: float(np.mean(v)) for g, v in sorted(flagged.items())}
-    out["all"] = float(np.mean([x for v in flagged.values() for x in v]))
-    if reals is None:
-        return out
-    scores["all"] = [x for v in scores.values() for x in v]
+    groups = {g: np.asarray(v) for g, v in sorted(scores.items())}
+    groups["all"] = np.concatenate(list(groups.values()))
+    flagged = {g: float(np.mean(v >= detector.threshold)) for g, v in groups.items()}
     auc = {g: float(roc_auc_score(np.r_[np.zeros(len(reals)), np.ones(len(v))], np.r_[reals, v]))
-           for g, v in sorted(scores.items())}
-    return out, auc
+           for g, v in groups.items()}
+    return flagged, auc
 
 
 def _span(v: list[float], fmt: str = ".3f") -> str:
@@ -78,7 +73,7 @@ def main(argv=None) -> None:
     detector = Detector(load_model(args.model)[1], runtime=args.runtime)
     per_image = val.pop("per_image")
     reals = np.asarray(per_image["clean"])[~np.asarray(per_image["is_fake"]).astype(bool)]
-    multigen, multigen_auc = flagged_by_generator(detector, SHARED / "multigen-probe" / "fake", reals=reals)
+    multigen, multigen_auc = by_generator(detector, SHARED / "multigen-probe" / "fake", reals)
     cifake = evaluate.run(evaluate.EvaluateConfig(data=str(SHARED / "cifake-4k"), model=args.model, max_images=500))
     row = {
         "model_version": detector.model_version, "threshold": detector.threshold,
