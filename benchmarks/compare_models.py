@@ -10,6 +10,11 @@ seed here, and look across seeds for the spread of a recipe.
 
     .venv/bin/python benchmarks/compare_models.py --model /tmp/default --model-b /tmp/variant --seed 0
 
+``--fuse`` compares A with the two models together instead of with B alone: each image's
+score is the sum of the two models' logits (a product of experts, equal weights, nothing
+fitted on these images), what one network with both as branches would give. It measures
+whether a second expert (e.g. one trained on down-scaled crops) adds what A lacks.
+
 Prints a table and one line of JSON.
 """
 
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,14 +61,33 @@ def compare(a: dict, b: dict, *, resamples: int = 1000) -> list[dict]:
     return rows
 
 
+def fuse(a: dict, b: dict) -> dict:
+    """``b`` with its scores replaced by sigmoid(logit(P_a) + logit(P_b)), image by image."""
+    pa, pb = a["per_image"], b["per_image"]
+    if pa["uri"] != pb["uri"]:
+        raise SystemExit("the two models were not scored on the same images (another --data or --seed, or a decode error)")
+
+    def logit(p):
+        p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)
+
+    sets = [k for k in pa if k not in ("uri", "is_fake")]
+    per_image = {"uri": pa["uri"], "is_fake": pa["is_fake"]}
+    per_image.update({k: 1 / (1 + np.exp(-(logit(pa[k]) + logit(pb[k])))) for k in sets})
+    return {**b, "model_version": f"{a['model_version']}+{b['model_version']}", "per_image": per_image}
+
+
 def main(argv=None) -> None:
     p = model_quality_parser(__doc__)
     p.add_argument("--model-b", required=True, help="the jobs.train output to compare with --model")
     p.add_argument("--robustness", default="jpeg75,downscale0.5", help="transformations (jobs.evaluate --robustness)")
+    p.add_argument("--fuse", action="store_true", help="B is A and --model-b together (sum of logits), not --model-b alone")
     args = p.parse_args(argv)
     results = [evaluate.run(evaluate.EvaluateConfig(data=args.data, model=m, split="validation", seed=args.seed,
                                                     robustness=args.robustness), keep_scores=True)
                for m in (args.model, args.model_b)]
+    if args.fuse:
+        results[1] = fuse(*results)
     rows = compare(*results)
     n = results[0]["n"]
     print(f"A {results[0]['model_version']} ({args.model}) vs B {results[1]['model_version']} ({args.model_b}): "
@@ -73,7 +99,7 @@ def main(argv=None) -> None:
         print(f"{r['set']:<14}{r['measure']:<18}{r['a']:>8.3f}{r['b']:>8.3f}{r['b_minus_a']:>+9.3f}  "
               f"[{lo:+.3f}, {hi:+.3f}] {verdict}")
     print(json_line({"model_a": results[0]["model_version"], "model_b": results[1]["model_version"], "seed": args.seed,
-                     "images": n, "rows": rows}))
+                     "fused": args.fuse, "images": n, "rows": rows}))
 
 
 if __name__ == "__main__":

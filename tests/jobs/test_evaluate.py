@@ -1,6 +1,7 @@
 """jobs.evaluate: metrics that follow the scores, robustness re-runs, clear errors."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -195,7 +196,7 @@ def test_an_s3_model_fetches_only_its_checkpoint_file(labelled, monkeypatch):
 
 def test_two_models_compared_on_the_same_images(labelled, tmp_path):
     """benchmarks/compare_models.py: paired differences, zero against itself."""
-    from benchmarks.compare_models import compare
+    from benchmarks.compare_models import compare, fuse
 
     root, model_dir = labelled
     torch.manual_seed(1)
@@ -213,6 +214,15 @@ def test_two_models_compared_on_the_same_images(labelled, tmp_path):
     auc = rows[("clean", "auc")]
     assert auc["a"] == pytest.approx(a["auc"], abs=1e-4) and auc["b"] == pytest.approx(b["auc"], abs=1e-4)
     assert auc["interval"][0] <= auc["b_minus_a"] + 1e-4 and auc["b_minus_a"] - 1e-4 <= auc["interval"][1]
+    # --fuse: the sum of the two models' logits, image by image; a model fused with itself ranks as it does
+    both = fuse(a, b)["per_image"]
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    for name in ("clean", "jpeg75"):
+        i = 3
+        assert logit(both[name][i]) == pytest.approx(logit(a["per_image"][name][i]) + logit(b["per_image"][name][i]), abs=1e-6)
+    assert binary_metrics(fuse(a, a)["per_image"]["clean"], a["per_image"]["is_fake"], 0.5)["auc"] == pytest.approx(a["auc"])
     b["per_image"]["uri"] = b["per_image"]["uri"][::-1]
     with pytest.raises(SystemExit, match="same images"):
         compare(a, b)
+    with pytest.raises(SystemExit, match="same images"):
+        fuse(a, b)
