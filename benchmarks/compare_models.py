@@ -37,9 +37,7 @@ MEASURES = ("auc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr")
 def compare(a: dict, b: dict, *, resamples: int = 1000) -> list[dict]:
     """Rows (set, measure, A, B, B - A and its interval; ``auc_change`` rows compare the AUC
     each model loses to a transformation) from two ``evaluate.run(..., keep_scores=True)``."""
-    pa, pb = a["per_image"], b["per_image"]
-    if pa["uri"] != pb["uri"]:
-        raise SystemExit("the two models were not scored on the same images (another --data or --seed, or a decode error)")
+    pa, pb = _same_images(a, b)
     is_fake, sets = pa["is_fake"], [k for k in pa if k not in ("uri", "is_fake")]
     boot = Bootstrap(is_fake, resamples=resamples)
     curves = {(m, name): boot.curves(p[name]) for m, p in (("a", pa), ("b", pb)) for name in sets}
@@ -62,10 +60,9 @@ def compare(a: dict, b: dict, *, resamples: int = 1000) -> list[dict]:
 
 
 def fuse(a: dict, b: dict) -> dict:
-    """``b`` with its scores replaced by sigmoid(logit(P_a) + logit(P_b)), image by image."""
-    pa, pb = a["per_image"], b["per_image"]
-    if pa["uri"] != pb["uri"]:
-        raise SystemExit("the two models were not scored on the same images (another --data or --seed, or a decode error)")
+    """The pair as one model: scores sigmoid(logit(P_a) + logit(P_b)), image by image (only
+    what ``compare`` and the table read: B's own metrics would not be the pair's)."""
+    pa, pb = _same_images(a, b)
 
     def logit(p):
         p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
@@ -74,7 +71,14 @@ def fuse(a: dict, b: dict) -> dict:
     sets = [k for k in pa if k not in ("uri", "is_fake")]
     per_image = {"uri": pa["uri"], "is_fake": pa["is_fake"]}
     per_image.update({k: 1 / (1 + np.exp(-(logit(pa[k]) + logit(pb[k])))) for k in sets})
-    return {**b, "model_version": f"{a['model_version']}+{b['model_version']}", "per_image": per_image}
+    return {"model_version": f"{a['model_version']}+{b['model_version']}", "n": a["n"], "per_image": per_image}
+
+
+def _same_images(a: dict, b: dict) -> tuple[dict, dict]:
+    pa, pb = a["per_image"], b["per_image"]
+    if pa["uri"] != pb["uri"]:
+        raise SystemExit("the two models were not scored on the same images (another --data or --seed, or a decode error)")
+    return pa, pb
 
 
 def main(argv=None) -> None:

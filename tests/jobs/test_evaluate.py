@@ -217,8 +217,8 @@ def test_two_models_compared_on_the_same_images(labelled, tmp_path):
     # --fuse: the sum of the two models' logits, image by image; a model fused with itself ranks as it does
     both = fuse(a, b)["per_image"]
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    i = 3
     for name in ("clean", "jpeg75"):
-        i = 3
         assert logit(both[name][i]) == pytest.approx(logit(a["per_image"][name][i]) + logit(b["per_image"][name][i]), abs=1e-6)
     assert binary_metrics(fuse(a, a)["per_image"]["clean"], a["per_image"]["is_fake"], 0.5)["auc"] == pytest.approx(a["auc"])
     b["per_image"]["uri"] = b["per_image"]["uri"][::-1]
